@@ -1,0 +1,1 @@
+"""Locust load tests, their runner and the report that compares frameworks."""

@@ -1,0 +1,1 @@
+"""MNIST data, the shared contract and one CNN per framework (TensorFlow, Keras, PyTorch)."""
