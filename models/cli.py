@@ -55,6 +55,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        for noisy in ("tf2onnx", "onnx_ir", "onnxscript", "absl", "tensorflow", "bentoml"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -84,3 +87,154 @@ def train(
         raise fail(str(error)) from error
     typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
     typer.echo(training_table(rows))
+
+
+@app.command("export")
+def export_command(
+    frameworks: FrameworksOption = "all",
+    artifacts: ArtifactsOption = Path("artifacts"),
+    data_dir: DataDirOption = None,
+    register: Annotated[bool, typer.Option(help="Register in the BentoML model store.")] = True,
+) -> None:
+    """Export trained models to ONNX, prove parity on the test set, register them in BentoML."""
+    from export.onnx_files import OnnxModelError
+    from export.parity import ParityError
+    from export.pipeline import MissingArtifactError, export_framework, export_table
+    from models.data import MnistDataError, load_mnist
+    from models.training import MissingDependencyError
+
+    selected = frameworks_or_fail(frameworks)
+    try:
+        data = load_mnist(data_dir)
+        rows = [export_framework(fw, artifacts, data, register=register) for fw in selected]
+    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError,
+            ParityError) as error:
+        raise fail(str(error)) from error
+    typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
+    typer.echo(export_table(rows))
+
+
+@app.command()
+def build(
+    frameworks: FrameworksOption = "all",
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = Path("artifacts"),
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs when a model must be trained.")] = 15,
+    retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
+) -> None:
+    """Train (where no model exists yet), export, check parity and register: before serving."""
+    from export.onnx_files import OnnxModelError
+    from export.parity import ParityError
+    from export.pipeline import MissingArtifactError, export_framework, export_table
+    from models.data import MnistDataError, load_mnist
+    from models.training import (
+        MissingDependencyError,
+        read_metrics,
+        train_framework,
+        training_table,
+    )
+
+    selected = frameworks_or_fail(frameworks)
+    try:
+        data = load_mnist(data_dir)
+        config = TrainConfig(epochs=epochs)
+        trained = [
+            read_metrics(artifacts, fw)
+            if read_metrics(artifacts, fw) and not retrain
+            else train_framework(fw, config, data, artifacts)
+            for fw in selected
+        ]
+        exported = [export_framework(fw, artifacts, data) for fw in selected]
+    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError,
+            ParityError) as error:
+        raise fail(str(error)) from error
+    typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
+    typer.echo(training_table(trained))
+    typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
+    typer.echo(export_table(exported))
+
+
+@app.command()
+def compare(
+    frameworks: FrameworksOption = "all",
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = Path("artifacts"),
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating timing rounds.")] = 6,
+    report: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path(
+        "reports/comparison.md"
+    ),
+) -> None:
+    """Measure the frameworks side by side: accuracy, size, parity, native vs ONNX latency."""
+    from export.compare import compare_framework, comparison_report
+    from export.onnx_files import OnnxModelError
+    from export.pipeline import MissingArtifactError
+    from models.data import MnistDataError, load_mnist
+    from models.training import MissingDependencyError
+
+    selected = frameworks_or_fail(frameworks)
+    try:
+        data = load_mnist(data_dir)
+        rows = [compare_framework(fw, artifacts, data, rounds=rounds) for fw in selected]
+    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError) as error:
+        raise fail(str(error)) from error
+    text = comparison_report(rows, data, rounds=rounds)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    typer.echo(text)
+    typer.echo(f"written to {report}")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_import_path() -> str:
+    """The ``service:`` entry of bentofile.yaml, the one place build settings live."""
+    import yaml
+
+    bentofile = REPO_ROOT / "bentofile.yaml"
+    if not bentofile.is_file():
+        raise fail(f"{bentofile} is missing: run mnist-serving from a checkout of the project")
+    return yaml.safe_load(bentofile.read_text())["service"]
+
+
+def serve_command_line(host: str, port: int) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "bentoml", "serve", service_import_path(),
+            "--host", host, "--port", str(port)]
+
+
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help="auto | cuda | cpu (sets MNIST_DEVICE): auto falls back to the CPU."),
+]
+
+
+@app.command()
+def serve(
+    host: HostOption = "127.0.0.1", port: PortOption = 3000, device: DeviceOption = None
+) -> None:
+    """Serve the three registered models with `bentoml serve` (run `mnist-serving build` first)."""
+    import os
+
+    if device:
+        os.environ["MNIST_DEVICE"] = device
+    command = serve_command_line(host, port)
+    typer.echo(f"$ {' '.join(command[1:])}  (cwd {REPO_ROOT})")
+    os.chdir(REPO_ROOT)
+    os.execv(command[0], command)  # bentoml owns the process: signals and exit code are its own
+
+
+@app.command()
+def up(
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = Path("artifacts"),
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 3000,
+    device: DeviceOption = None,
+) -> None:
+    """The main job: build (train where needed, export, register), then serve."""
+    build(frameworks="all", data_dir=data_dir, artifacts=artifacts, epochs=15, retrain=False)
+    serve(host=host, port=port, device=device)
