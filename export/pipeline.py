@@ -23,7 +23,7 @@ from export.parity import ParityError, compare_logits, parity_failures
 from models.contract import ONNX_FILENAME, OPSET
 from models.data import MnistData, scale_images
 from models.tables import human_bytes, markdown_table
-from models.training import framework_module, read_metrics
+from models.training import MissingDependencyError, framework_module, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,12 @@ def export_framework(
     native_logits = module.predict(model, images)
 
     started = time.perf_counter()
-    onnx_path = EXPORTERS[framework](model, folder / ONNX_FILENAME, opset=OPSET)
+    try:
+        onnx_path = EXPORTERS[framework](model, folder / ONNX_FILENAME, opset=OPSET)
+    except ModuleNotFoundError as error:
+        raise MissingDependencyError(
+            f"exporting {framework} needs the package {error.name!r}: run `pip install -e '.[train]'`"
+        ) from error
     export_seconds = time.perf_counter() - started
     onnx_logits = run_session(cpu_session(onnx_path), images)
     figures = compare_logits(native_logits, onnx_logits, data.test_labels)

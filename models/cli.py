@@ -138,12 +138,10 @@ def build(
     try:
         data = load_mnist(data_dir)
         config = TrainConfig(epochs=epochs)
-        trained = [
-            read_metrics(artifacts, fw)
-            if read_metrics(artifacts, fw) and not retrain
-            else train_framework(fw, config, data, artifacts)
-            for fw in selected
-        ]
+        trained = []
+        for framework in selected:
+            existing = None if retrain else read_metrics(artifacts, framework)
+            trained.append(existing or train_framework(framework, config, data, artifacts))
         exported = [export_framework(fw, artifacts, data) for fw in selected]
     except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError,
             ParityError) as error:
