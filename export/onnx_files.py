@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 
 from models.contract import INPUT_NAME, OUTPUT_NAME
+from models.errors import PipelineError
 
 BATCH_DIM = "batch"
 
 
-class OnnxModelError(RuntimeError):
+class OnnxModelError(PipelineError):
     """An .onnx file is missing, corrupt or breaks the contract; the message names the file."""
 
 

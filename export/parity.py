@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.errors import PipelineError
+
 MAX_ABS_LOGIT_DIFF = 1e-4  # float32 reorderings stay near 1e-5; a wrong layout or op is >> 1e-2
 
 
-class ParityError(RuntimeError):
+class ParityError(PipelineError):
     """The exported model does not compute what the framework's model computes."""
 
 

@@ -22,6 +22,7 @@ from export.onnx_files import (
 from export.parity import ParityError, compare_logits, parity_failures
 from models.contract import ONNX_FILENAME, OPSET
 from models.data import MnistData, scale_images
+from models.errors import PipelineError
 from models.tables import human_bytes, markdown_table
 from models.training import MissingDependencyError, framework_module, read_metrics
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 PARITY_FILE = "parity.json"
 
 
-class MissingArtifactError(RuntimeError):
+class MissingArtifactError(PipelineError):
     """A trained model that export needs is not there; the message says what to run."""
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,17 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+@contextmanager
+def user_errors():
+    """Turn a PipelineError into a one-line message and exit code 2: no traceback for the user."""
+    from models.errors import PipelineError
+
+    try:
+        yield
+    except PipelineError as error:
+        raise fail(str(error)) from error
+
+
 def frameworks_or_fail(text: str) -> list[str]:
     try:
         return parse_frameworks(text)
@@ -72,19 +84,17 @@ def train(
     out: ArtifactsOption = Path("artifacts"),
 ) -> None:
     """Train the shared CNN in each framework; write the native model and metrics.json."""
-    from models.data import MnistDataError, load_mnist
-    from models.training import MissingDependencyError, train_framework, training_table
+    from models.data import load_mnist
+    from models.training import train_framework, training_table
 
     selected = frameworks_or_fail(frameworks)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         dry_run=dry_run,
     )
-    try:
+    with user_errors():
         data = load_mnist(data_dir)
         rows = [train_framework(framework, config, data, out) for framework in selected]
-    except (MnistDataError, MissingDependencyError) as error:
-        raise fail(str(error)) from error
     typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
     typer.echo(training_table(rows))
 
@@ -97,19 +107,13 @@ def export_command(
     register: Annotated[bool, typer.Option(help="Register in the BentoML model store.")] = True,
 ) -> None:
     """Export trained models to ONNX, prove parity on the test set, register them in BentoML."""
-    from export.onnx_files import OnnxModelError
-    from export.parity import ParityError
-    from export.pipeline import MissingArtifactError, export_framework, export_table
-    from models.data import MnistDataError, load_mnist
-    from models.training import MissingDependencyError
+    from export.pipeline import export_framework, export_table
+    from models.data import load_mnist
 
     selected = frameworks_or_fail(frameworks)
-    try:
+    with user_errors():
         data = load_mnist(data_dir)
         rows = [export_framework(fw, artifacts, data, register=register) for fw in selected]
-    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError,
-            ParityError) as error:
-        raise fail(str(error)) from error
     typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
     typer.echo(export_table(rows))
 
@@ -123,19 +127,12 @@ def build(
     retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
 ) -> None:
     """Train (where no model exists yet), export, check parity and register: before serving."""
-    from export.onnx_files import OnnxModelError
-    from export.parity import ParityError
-    from export.pipeline import MissingArtifactError, export_framework, export_table
-    from models.data import MnistDataError, load_mnist
-    from models.training import (
-        MissingDependencyError,
-        read_metrics,
-        train_framework,
-        training_table,
-    )
+    from export.pipeline import export_framework, export_table
+    from models.data import load_mnist
+    from models.training import read_metrics, train_framework, training_table
 
     selected = frameworks_or_fail(frameworks)
-    try:
+    with user_errors():
         data = load_mnist(data_dir)
         config = TrainConfig(epochs=epochs)
         trained = []
@@ -143,9 +140,6 @@ def build(
             existing = None if retrain else read_metrics(artifacts, framework)
             trained.append(existing or train_framework(framework, config, data, artifacts))
         exported = [export_framework(fw, artifacts, data) for fw in selected]
-    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError,
-            ParityError) as error:
-        raise fail(str(error)) from error
     typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
     typer.echo(training_table(trained))
     typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
@@ -164,17 +158,12 @@ def compare(
 ) -> None:
     """Measure the frameworks side by side: accuracy, size, parity, native vs ONNX latency."""
     from export.compare import compare_framework, comparison_report
-    from export.onnx_files import OnnxModelError
-    from export.pipeline import MissingArtifactError
-    from models.data import MnistDataError, load_mnist
-    from models.training import MissingDependencyError
+    from models.data import load_mnist
 
     selected = frameworks_or_fail(frameworks)
-    try:
+    with user_errors():
         data = load_mnist(data_dir)
         rows = [compare_framework(fw, artifacts, data, rounds=rounds) for fw in selected]
-    except (MnistDataError, MissingDependencyError, MissingArtifactError, OnnxModelError) as error:
-        raise fail(str(error)) from error
     text = comparison_report(rows, data, rounds=rounds)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "MNIST_DATA_DIR"
@@ -63,7 +65,7 @@ NO_DATA_HINT = (
 Fetch = Callable[[str, Path], None]
 
 
-class MnistDataError(RuntimeError):
+class MnistDataError(PipelineError):
     """MNIST data is missing, malformed or could not be downloaded; the message says which file."""
 
 

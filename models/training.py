@@ -17,6 +17,7 @@ import numpy as np
 from models.config import TrainConfig
 from models.contract import check_framework
 from models.data import MnistData, scale_images
+from models.errors import PipelineError
 from models.tables import human_bytes, markdown_table
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ FRAMEWORK_MODULES: dict[str, str] = {
 METRICS_FILE = "metrics.json"
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(PipelineError):
     """A framework's package is not installed; the message says what to install."""
 
 
