@@ -171,47 +171,27 @@ def compare(
     typer.echo(f"written to {report}")
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def service_import_path() -> str:
-    """The ``service:`` entry of bentofile.yaml, the one place build settings live."""
-    import yaml
-
-    bentofile = REPO_ROOT / "bentofile.yaml"
-    if not bentofile.is_file():
-        raise fail(f"{bentofile} is missing: run mnist-serving from a checkout of the project")
-    return yaml.safe_load(bentofile.read_text())["service"]
-
-
-def serve_command_line(host: str, port: int) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "bentoml", "serve", service_import_path(),
-            "--host", host, "--port", str(port)]
-
-
 HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 DeviceOption = Annotated[
-    str | None,
-    typer.Option(help="auto | cuda | cpu (sets MNIST_DEVICE): auto falls back to the CPU."),
+    str, typer.Option(help="auto | cuda | cpu (MNIST_DEVICE): auto falls back to the CPU with a warning.")
 ]
 
 
 @app.command()
 def serve(
-    host: HostOption = "127.0.0.1", port: PortOption = 3000, device: DeviceOption = None
+    host: HostOption = "127.0.0.1", port: PortOption = 3000, device: DeviceOption = "auto"
 ) -> None:
     """Serve the three registered models with `bentoml serve` (run `mnist-serving build` first)."""
-    import os
+    from services.runner import PreflightError, serve_command
+    from services.runner import serve as run_service
 
-    if device:
-        os.environ["MNIST_DEVICE"] = device
-    command = serve_command_line(host, port)
-    typer.echo(f"$ {' '.join(command[1:])}  (cwd {REPO_ROOT})")
-    os.chdir(REPO_ROOT)
-    os.execv(command[0], command)  # bentoml owns the process: signals and exit code are its own
+    typer.echo(f"$ {' '.join(serve_command(host=host, port=port)[1:])}")
+    try:
+        code = run_service(host=host, port=port, device=device)
+    except PreflightError as error:
+        raise fail(f"{error}") from error
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -220,7 +200,7 @@ def up(
     artifacts: ArtifactsOption = Path("artifacts"),
     host: HostOption = "127.0.0.1",
     port: PortOption = 3000,
-    device: DeviceOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """The main job: build (train where needed, export, register), then serve."""
     build(frameworks="all", data_dir=data_dir, artifacts=artifacts, epochs=15, retrain=False)
