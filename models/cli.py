@@ -205,3 +205,44 @@ def up(
     """The main job: build (train where needed, export, register), then serve."""
     build(frameworks="all", data_dir=data_dir, artifacts=artifacts, epochs=15, retrain=False)
     serve(host=host, port=port, device=device)
+
+
+def comma_list(text: str | None, kind: type = str) -> list | None:
+    return None if text is None else [kind(part) for part in text.split(",") if part.strip()]
+
+
+@app.command()
+def loadtest(
+    frameworks: FrameworksOption = "all",
+    scenarios: Annotated[str, typer.Option(help="Comma list of closed, open, batch.")] = "closed,open,batch",
+    host: Annotated[
+        str | None, typer.Option(help="URL of a running service on loopback; default: start one.")
+    ] = None,
+    baseline_host: Annotated[str | None, typer.Option(help="URL of a running baseline server.")] = None,
+    baseline: Annotated[bool, typer.Option(help="Run the Starlette baseline beside the service.")] = True,
+    duration: Annotated[int | None, typer.Option(min=2, help="Seconds per Locust run.")] = None,
+    warmup: Annotated[float | None, typer.Option(min=0, help="Seconds left out at each start.")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Repeats, in rotated order.")] = None,
+    users: Annotated[str | None, typer.Option(help="Closed-loop users, e.g. 1,8,32,64.")] = None,
+    rates: Annotated[str | None, typer.Option(help="Open-loop rates in requests/s, climbed.")] = None,
+    p99_bound_ms: Annotated[float | None, typer.Option(help="Open-loop p99 bound.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch request.")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Locust workers (distributed).")] = None,
+    quick: Annotated[bool, typer.Option(help="The under-a-minute profile CI runs.")] = False,
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = Path("artifacts"),
+    out: Annotated[Path | None, typer.Option(help="Report folder; default reports/<timestamp>/.")] = None,
+) -> None:
+    """Compare the frameworks under load with Locust, beside a plain Starlette baseline."""
+    from loadtests.runner import run_loadtest
+
+    with user_errors():
+        report = run_loadtest(
+            host=host, baseline_host=baseline_host, frameworks=frameworks_or_fail(frameworks),
+            scenarios=comma_list(scenarios), duration=duration, warmup=warmup, rounds=rounds,
+            users=comma_list(users, int), rates=comma_list(rates, float), p99_bound_ms=p99_bound_ms,
+            batch_size=batch_size, workers=workers, baseline=baseline, quick=quick,
+            data_dir=data_dir, artifacts=artifacts, out=out,
+        )
+    typer.echo(report.read_text())
+    typer.echo(f"written to {report}")
