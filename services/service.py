@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import bentoml
 import numpy as np
 from pydantic import Field
@@ -156,10 +157,26 @@ class MnistApi:
             self.descriptions[framework] = await self.model(framework).to_async.describe()
         return self.descriptions[framework]
 
+    async def call_model(self, framework: str, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) -> (N, 10) logits from the framework's model service.
+
+        BentoML's proxy keeps an idle connection for 15 s (aiohttp's default) but the model
+        service's uvicorn closes it after 5 s, and the dependency workers take no keep-alive
+        setting: a request written on a connection the server has just closed fails before the
+        model sees it ("Cannot write to closing transport"), as a 500. Inference is idempotent,
+        so it is sent once more, on a fresh connection; any other error is not retried.
+        """
+        try:
+            return await self.model(framework).to_async.logits(images)
+        except aiohttp.ClientConnectionError as error:
+            log.info("%s: connection to the model service was closed (%s); sending again",
+                     framework, error)
+            return await self.model(framework).to_async.logits(images)
+
     async def logits(self, framework: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
         """(N, 28, 28) -> ((N, 10) logits, the answering model's description)."""
         logits, description = await asyncio.gather(
-            self.model(framework).to_async.logits(images), self.describe(framework))
+            self.call_model(framework, images), self.describe(framework))
         return np.asarray(logits, np.float32), description
 
     async def answer(self, framework: str, images: np.ndarray) -> dict:

@@ -188,3 +188,49 @@ def test_settings_name_the_bad_variable(monkeypatch):
     monkeypatch.setenv("MNIST_KERAS_VERSION", "abc123")
     settings = load_settings()
     assert settings.max_images == 16 and settings.tag("keras") == "mnist-keras:abc123"
+
+
+class FlakyModelService:
+    """A model-service proxy whose first call fails like a connection the server just closed."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.to_async = self
+
+    async def logits(self, images: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return np.zeros((len(images), 10), np.float32)
+
+
+def call_model_with(proxy: FlakyModelService):
+    import asyncio
+    from types import SimpleNamespace
+
+    from services.service import MnistApi
+
+    front = SimpleNamespace(model=lambda framework: proxy)
+    return asyncio.run(MnistApi.inner.call_model(front, "keras", np.zeros((2, 28, 28), np.float32)))
+
+
+def test_a_connection_closed_by_the_model_service_is_sent_once_more():
+    import aiohttp
+
+    proxy = FlakyModelService([aiohttp.ClientOSError(32, "Cannot write to closing transport")])
+    assert call_model_with(proxy).shape == (2, 10)
+    assert proxy.calls == 2
+
+
+def test_other_model_service_errors_are_not_retried():
+    import aiohttp
+
+    proxy = FlakyModelService([ValueError("bad"), aiohttp.ServerDisconnectedError()])
+    with pytest.raises(ValueError, match="bad"):
+        call_model_with(proxy)
+    assert proxy.calls == 1
+    twice = FlakyModelService([aiohttp.ServerDisconnectedError(), aiohttp.ServerDisconnectedError()])
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        call_model_with(twice)
+    assert twice.calls == 2
