@@ -43,7 +43,7 @@ def export_framework(
     metrics = read_metrics(artifacts, framework)
     if metrics is None:
         raise MissingArtifactError(
-            f"no trained {framework} model in {folder}: run "
+            f"no trained {framework} model (metrics.json and its native model) in {folder}: run "
             f"`mnist-serving train --frameworks {framework} --out {artifacts}` first"
         )
     module = framework_module(framework)
@@ -102,6 +102,31 @@ def export_framework(
     log.info("%s: parity holds on %d images, tag %s", framework, figures["images"],
              parity["bentoml_tag"])
     return parity
+
+
+def current_export(framework: str, artifacts: Path) -> dict | None:
+    """parity.json of an export that still stands: the same file, registered, newer than the
+    model it came from; None when the model must be exported again."""
+    folder = artifacts / framework
+    parity_path, onnx_path = folder / PARITY_FILE, folder / ONNX_FILENAME
+    metrics = read_metrics(artifacts, framework)
+    if metrics is None or not parity_path.is_file() or not onnx_path.is_file():
+        return None
+    parity = json.loads(parity_path.read_text())
+    if not parity.get("passed") or not parity.get("bentoml_tag"):
+        return None
+    if (folder / "metrics.json").stat().st_mtime > parity_path.stat().st_mtime:
+        return None  # trained again since
+    if sha256_of(onnx_path) != parity["onnx_sha256"]:
+        return None
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(parity["bentoml_tag"])
+    except NotFound:
+        return None  # another model store, or the version was deleted
+    return parity if stored.info.metadata.get("sha256") == parity["onnx_sha256"] else None
 
 
 def export_table(rows: list[dict]) -> str:

@@ -124,10 +124,12 @@ def build(
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = Path("artifacts"),
     epochs: Annotated[int, typer.Option(min=1, help="Epochs when a model must be trained.")] = 15,
-    retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
+    retrain: Annotated[
+        bool, typer.Option(help="Train and export again even where a model and its export exist.")
+    ] = False,
 ) -> None:
-    """Train (where no model exists yet), export, check parity and register: before serving."""
-    from export.pipeline import export_framework, export_table
+    """Train and export where needed (parity checked, registered): the one step before serving."""
+    from export.pipeline import current_export, export_framework, export_table
     from models.data import load_mnist
     from models.training import read_metrics, train_framework, training_table
 
@@ -139,7 +141,11 @@ def build(
         for framework in selected:
             existing = None if retrain else read_metrics(artifacts, framework)
             trained.append(existing or train_framework(framework, config, data, artifacts))
-        exported = [export_framework(fw, artifacts, data) for fw in selected]
+        exported = [
+            (None if retrain else current_export(framework, artifacts))
+            or export_framework(framework, artifacts, data)
+            for framework in selected
+        ]
     typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
     typer.echo(training_table(trained))
     typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
@@ -174,7 +180,10 @@ def compare(
 HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 DeviceOption = Annotated[
-    str, typer.Option(help="auto | cuda | cpu (MNIST_DEVICE): auto falls back to the CPU with a warning.")
+    str,
+    typer.Option(
+        envvar="MNIST_DEVICE", help="auto | cuda | cpu: auto falls back to the CPU with a warning."
+    ),
 ]
 
 
@@ -208,7 +217,13 @@ def up(
 
 
 def comma_list(text: str | None, kind: type = str) -> list | None:
-    return None if text is None else [kind(part) for part in text.split(",") if part.strip()]
+    """``"1,8,32"`` -> ``[1, 8, 32]``; None stays None (the profile's default)."""
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r} is not a comma list of {kind.__name__} values") from error
 
 
 @app.command()

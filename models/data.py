@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import struct
@@ -231,7 +232,7 @@ def download_file(
                 continue
             os.replace(temporary, target)
             return target
-        except (OSError, urllib.error.URLError) as error:
+        except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
             failures.append(f"{url}: {error}")
             log.warning("mirror failed: %s", failures[-1])
         finally:

@@ -89,8 +89,12 @@ def train_framework(framework: str, config: TrainConfig, data: MnistData, out: P
 
 
 def read_metrics(out: Path, framework: str) -> dict | None:
+    """metrics.json of a trained model whose native artifact is still there, else None."""
     path = out / framework / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if (out / framework / metrics["artifact"]).exists() else None
 
 
 def training_table(rows: list[dict]) -> str:

@@ -19,11 +19,11 @@ TIME_BUCKETS: tuple[float, ...] = (
 
 @cache
 def requests_total():
-    """Requests answered with predictions, per framework and endpoint."""
+    """Every prediction request, per framework asked for, endpoint and answer status."""
     from prometheus_client import Counter
 
-    return Counter("mnist_requests", "Prediction requests answered, per framework and endpoint.",
-                   ["framework", "endpoint"])
+    return Counter("mnist_requests", "Prediction requests, per framework, endpoint and status.",
+                   ["framework", "endpoint", "status"])
 
 
 @cache

@@ -11,6 +11,7 @@ MnistApi mounts this app; its handlers reach the service instance with
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import numpy as np
@@ -19,12 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from models.contract import FRAMEWORKS, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from models.contract import FRAMEWORKS, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, model_name
 from services.preprocess import InputError, check_pixels
+
+log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
 SERVER = {"name": "mnist-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-FRAMEWORK_OF = {f"mnist-{framework}": framework for framework in FRAMEWORKS}
+FRAMEWORK_OF = {model_name(framework): framework for framework in FRAMEWORKS}
 
 
 class ProtocolError(InputError):
@@ -56,12 +59,36 @@ async def checked_model(request: Request) -> tuple[str, dict]:
     return framework, description
 
 
+def parameters_of(item: dict, where: str) -> dict:
+    """An OIP object's optional ``parameters``, which the protocol says is a JSON object."""
+    parameters = item.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{where} parameters must be a JSON object, not {parameters!r:.40}")
+    return parameters
+
+
+def unavailable(error: Exception) -> bool:
+    """Whether an error means a model service cannot be reached (503), not that it failed (500)."""
+    import aiohttp
+    from bentoml.exceptions import ServiceUnavailable
+
+    return isinstance(error, (aiohttp.ClientConnectionError, ServiceUnavailable))
+
+
 def protocol_errors(handler):
+    """Answer every failure as the protocol says: a status and ``{"error": ...}``, never a page."""
+
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except InputError as error:
             return JSONResponse({"error": str(error)}, status_code=error.status)
+        except Exception as error:  # a model service down or failing: still JSON, still named
+            log.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": f"{type(error).__name__}: {error}"},
+                                status_code=503 if unavailable(error) else 500)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -80,7 +107,11 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    await service().report()  # answers only once every model service has loaded its model
+    try:
+        await service().report()  # answers only once every model service has loaded its model
+    except Exception as error:  # a model service not up (yet): not ready, which is no error
+        return JSONResponse({"ready": False, "error": f"{type(error).__name__}: {error}"},
+                            status_code=503)
     return JSONResponse({"ready": True})
 
 
@@ -141,7 +172,7 @@ def input_tensor(header: dict, tail: bytes, max_images: int) -> np.ndarray:
         raise ProtocolError(f"{shape[0]} images in one request: the maximum is {max_images}",
                             status=413)
     count = int(np.prod(shape))
-    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    binary_size = parameters_of(tensor, f"input {INPUT_NAME!r}").get("binary_data_size")
     if binary_size is not None:
         if binary_size != count * 4 or len(tail) != binary_size:
             raise ProtocolError(f"input {INPUT_NAME!r} declares binary_data_size {binary_size!r} "
@@ -152,9 +183,12 @@ def input_tensor(header: dict, tail: bytes, max_images: int) -> np.ndarray:
         if "data" not in tensor:
             raise ProtocolError(f"input {INPUT_NAME!r} has neither data nor binary_data_size")
         try:
-            array = np.asarray(tensor["data"], dtype=np.float32)
+            array = np.asarray(tensor["data"])
         except (ValueError, TypeError) as error:
             raise ProtocolError(f"input {INPUT_NAME!r} data must be numbers ({error})") from error
+        if array.dtype.kind not in "iuf":  # no strings such as "0.5", no booleans
+            raise ProtocolError(f"input {INPUT_NAME!r} data must be numbers, not "
+                                f"{array.dtype.name} values")
         if array.size != count:
             raise ProtocolError(f"input {INPUT_NAME!r} has {array.size} values but shape "
                                 f"{shape} needs {count}")
@@ -165,10 +199,10 @@ def wants_binary(header: dict) -> bool:
     outputs = header.get("outputs") or []
     for output in outputs if isinstance(outputs, list) else []:
         if isinstance(output, dict) and output.get("name") == OUTPUT_NAME:
-            binary = (output.get("parameters") or {}).get("binary_data")
+            binary = parameters_of(output, f"output {OUTPUT_NAME!r}").get("binary_data")
             if binary is not None:
                 return bool(binary)
-    return bool((header.get("parameters") or {}).get("binary_data_output", False))
+    return bool(parameters_of(header, "request").get("binary_data_output", False))
 
 
 @protocol_errors
@@ -188,7 +222,7 @@ async def infer(request: Request) -> Response:
              "model_version": description["tag"].split(":", 1)[1], "outputs": [output]}
     if "id" in header:
         reply["id"] = header["id"]
-    api.record(framework, "oip", started)
+    api.record(framework, "oip", started, status=200)
     if not wants_binary(header):
         output["data"] = logits.ravel().tolist()
         return JSONResponse(reply)

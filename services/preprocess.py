@@ -37,7 +37,7 @@ def images_array(images: object, *, max_images: int) -> np.ndarray:
         array = np.asarray(images)
     except (ValueError, TypeError) as error:
         raise InputError(f"images must be a list of 28x28 lists of numbers ({error})") from error
-    if array.dtype.kind not in "fiub":
+    if array.dtype.kind not in "fiu":  # numbers only: no strings, no true/false
         raise InputError(f"images must hold numbers: found {array.dtype.name} values")
     if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
         raise InputError(f"images has shape {array.shape}: expected (N, 28, 28)")

@@ -66,8 +66,12 @@ def preflight(env: dict[str, str]) -> list[str]:
 
     It runs in a child process: BentoML reads BENTOML_HOME once per process.
     """
-    result = subprocess.run([sys.executable, "-m", "services.runner"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    try:
+        result = subprocess.run([sys.executable, "-m", "services.runner"], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as error:
+        raise PreflightError(f"loading the models took over {error.timeout:.0f} s; run "
+                             "`python -m services.runner` to see where it hangs") from error
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
         raise PreflightError(lines[-1].removeprefix("error: "))

@@ -23,7 +23,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from models.contract import FRAMEWORKS, model_name
-from services.http import RequestLimits
+from services.limits import RequestLimits
 from services.metrics import (
     TIME_BUCKETS,
     batch_images,
@@ -73,12 +73,14 @@ def model_service(framework: str) -> bentoml.Service:
 
         @bentoml.on_deployment
         def check_device() -> None:
-            """Runs once in ``bentoml serve`` before any worker: MNIST_DEVICE=cuda needs CUDA."""
-            import onnxruntime as ort
+            """Runs once in ``bentoml serve`` before any worker: with MNIST_DEVICE=cuda, open the
+            model on CUDA here, since listing the provider does not prove CUDA starts (a worker
+            that fails later would be restarted forever instead of the server stopping)."""
+            if SETTINGS.device == "cuda":
+                from services.inference import load_model, stored_model
 
-            from services.inference import requested_providers
-
-            requested_providers(SETTINGS.device, ort.get_available_providers())
+                load_model(framework, stored_model(framework, SETTINGS.tag(framework)),
+                           device="cuda", threads=1)
 
         @bentoml.api(batchable=True, **SETTINGS.batching())
         def logits(self, images: np.ndarray) -> np.ndarray:
@@ -196,15 +198,21 @@ class MnistApi:
         started = time.perf_counter()
         frameworks = selected_frameworks(framework)
         answers = await asyncio.gather(*(self.answer(fw, images) for fw in frameworks))
-        self.record(framework, endpoint, started)
+        self.record(framework, endpoint, started, status=200)
         if framework == "all":
             return {"framework": "all", "results": {a["framework"]: a for a in answers}}
         return answers[0]
 
-    def record(self, framework: str, endpoint: str, started: float) -> None:
-        """Count an answered request and observe its time since ``started`` (perf_counter)."""
-        request_seconds().labels(framework, endpoint).observe(time.perf_counter() - started)
-        requests_total().labels(framework, endpoint).inc()
+    def record(self, framework: str, endpoint: str, started: float, *, status: int) -> None:
+        """Count a request with its status; observe the time of answered ones (perf_counter)."""
+        label = framework if framework in CHOICES else "unknown"  # no label per typo
+        requests_total().labels(label, endpoint, str(status)).inc()
+        if status == 200:
+            request_seconds().labels(label, endpoint).observe(time.perf_counter() - started)
+
+    def rejected(self, framework: str, endpoint: str, error: InputError) -> JSONResponse:
+        self.record(framework, endpoint, 0.0, status=error.status)
+        return error_response(error)
 
     async def report(self) -> list[dict]:
         """GET /models: each loaded model's tag, provider, batching and store metadata."""
@@ -235,7 +243,7 @@ class MnistApi:
             selected_frameworks(framework)
             array = images_array(images, max_images=self.settings.max_images)  # (N, 28, 28)
         except InputError as error:
-            return error_response(error)
+            return self.rejected(framework, "predict", error)
         return await self.classify(framework, array, "predict")
 
     @bentoml.api(route="/predict_image")
@@ -246,7 +254,7 @@ class MnistApi:
             picture = decode_image(image.read_bytes(), max_pixels=self.settings.max_image_pixels)
             array = mnist_input(picture)[np.newaxis]  # (1, 28, 28)
         except InputError as error:
-            return error_response(error)
+            return self.rejected(framework, "predict_image", error)
         return await self.classify(framework, array, "predict_image")
 
 

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from models.contract import FRAMEWORKS
+from models.contract import FRAMEWORKS, model_name
 
 Device = Literal["auto", "cuda", "cpu"]
 DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
@@ -53,7 +53,7 @@ class Settings:
     api_workers: int = 1  # processes of the front service
 
     def tag(self, framework: str) -> str:
-        return f"mnist-{framework}:{self.versions[framework]}"
+        return f"{model_name(framework)}:{self.versions[framework]}"
 
     def batching(self) -> dict[str, int]:
         return {"max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_ms}

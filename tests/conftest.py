@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 # Before anything imports bentoml: a private model store, and no usage tracking (no network).
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mnist-serving-bentoml-")
+PRIVATE_BENTOML_HOME = tempfile.mkdtemp(prefix="mnist-serving-bentoml-")
+os.environ["BENTOML_HOME"] = PRIVATE_BENTOML_HOME
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,6 +43,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         text=True,
         timeout=900,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_model_store():
+    """The session's model store, removed at the end (each export adds a version to it)."""
+    yield Path(PRIVATE_BENTOML_HOME)
+    shutil.rmtree(PRIVATE_BENTOML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

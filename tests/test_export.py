@@ -147,19 +147,29 @@ def test_compare_measures_every_framework_and_writes_a_report(built_models, tmp_
         assert all(float(cells[i]) > 0 for i in (7, 8, 10, 11))  # the four latency medians
 
 
-def test_build_reuses_trained_models_and_registers_new_versions(built_models):
+def test_build_reuses_what_stands_and_export_registers_a_new_version(built_models):
     import bentoml
 
-    before = json.loads((built_models.artifacts / "keras" / "metrics.json").read_text())
-    old_tag = json.loads((built_models.artifacts / "keras" / "parity.json").read_text())[
-        "bentoml_tag"
-    ]
-    result = run_cli("build", "--frameworks", "keras", "--artifacts", str(built_models.artifacts),
-                     "--data-dir", "tests/fixtures/mnist", env=built_models.env())
+    def keras_file(name: str) -> dict:
+        return json.loads((built_models.artifacts / "keras" / name).read_text())
+
+    before, old_tag = keras_file("metrics.json"), keras_file("parity.json")["bentoml_tag"]
+    common = ["--frameworks", "keras", "--artifacts", str(built_models.artifacts),
+              "--data-dir", "tests/fixtures/mnist"]
+    result = run_cli("build", *common, env=built_models.env())
     assert result.returncode == 0, result.stderr
-    after = json.loads((built_models.artifacts / "keras" / "metrics.json").read_text())
-    assert after["created"] == before["created"]  # not trained again
-    new_tag = json.loads((built_models.artifacts / "keras" / "parity.json").read_text())[
-        "bentoml_tag"
-    ]
+    assert keras_file("metrics.json")["created"] == before["created"]  # not trained again
+    assert keras_file("parity.json")["bentoml_tag"] == old_tag  # not exported again
+    result = run_cli("export", *common, env=built_models.env())
+    assert result.returncode == 0, result.stderr
+    new_tag = keras_file("parity.json")["bentoml_tag"]
     assert new_tag != old_tag and str(bentoml.models.get("mnist-keras:latest").tag) == new_tag
+
+
+def test_export_names_a_missing_native_model(built_models, tmp_path, fixture_data):
+    import shutil
+
+    shutil.copytree(built_models.artifacts / "pytorch", tmp_path / "pytorch")
+    (tmp_path / "pytorch" / "model.pt").unlink()
+    with pytest.raises(MissingArtifactError, match="no trained pytorch model.*mnist-serving train"):
+        export_framework("pytorch", tmp_path, fixture_data)

@@ -35,7 +35,7 @@ MAX_IMAGES = 128
 
 @pytest.fixture(scope="module")
 def server(built_models, tmp_path_factory):
-    env = serve_env(device="auto", base=built_models.env(), max_body_bytes=MAX_BODY_BYTES,
+    env = serve_env(device="cpu", base=built_models.env(), max_body_bytes=MAX_BODY_BYTES,
                     max_image_pixels=MAX_IMAGE_PIXELS, max_images=MAX_IMAGES)
     log_path = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
     with running_server(env, log_path=log_path, timeout_s=180) as url:
@@ -293,6 +293,12 @@ OIP_BAD = [
     ("out-of-range", "mnist-keras",
      {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32",
                   "data": [2.0] * 784}]}, 400, "[0, 1]"),
+    ("parameters-not-object", "mnist-keras",
+     {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32",
+                  "data": [0.0] * 784, "parameters": "binary"}]}, 400, "JSON object"),
+    ("string-pixels", "mnist-keras",
+     {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32",
+                  "data": ["0.5"] * 784}]}, 400, "numbers"),
 ]
 
 
@@ -320,9 +326,12 @@ def test_bentoml_health_and_metrics(http, test_images):
     assert http.get("/readyz").status_code == 200
     for framework in FRAMEWORKS:
         http.post("/predict", json={"framework": framework, "images": test_images[:1].tolist()})
+    http.post("/predict", json={"framework": "keras", "images": []})  # a 400, counted as one
     metrics = http.get("/metrics").text
+    assert 'mnist_requests_total{endpoint="predict",framework="keras",status="400"}' in metrics
     for framework in FRAMEWORKS:
-        assert f'mnist_requests_total{{endpoint="predict",framework="{framework}"}}' in metrics
+        assert (f'mnist_requests_total{{endpoint="predict",framework="{framework}",status="200"}}'
+                in metrics)
         assert (f'mnist_request_seconds_bucket{{endpoint="predict",framework="{framework}",'
                 f'le="0.00025"}}') in metrics
         assert (f'mnist_inference_seconds_bucket{{framework="{framework}",'

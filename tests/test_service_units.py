@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from models.data import scale_images
-from services.http import accepted_types
 from services.inference import CPU, CUDA, DeviceError, requested_providers
+from services.limits import accepted_types
 from services.oip import ProtocolError, input_tensor, split_body, wants_binary
 from services.preprocess import InputError, decode_image, images_array, mnist_input
 from services.settings import SettingsError, load_settings
@@ -136,6 +136,10 @@ def test_oip_json_and_binary_tensors_agree():
         (oip_request([1, 28, 28], [0] * 784, datatype="INT32"), b"", "FP32"),
         (oip_request([1, 784], [0.0] * 784), b"", "[N, 28, 28]"),
         (oip_request([1, 28, 28], ["x"] * 784), b"", "numbers"),
+        (oip_request([1, 28, 28], ["0.5"] * 784), b"", "numbers"),
+        (oip_request([1, 28, 28], [True] * 784), b"", "numbers"),
+        ({"inputs": [{**oip_request([1, 28, 28], [0.0] * 784)["inputs"][0], "parameters": "x"}]},
+         b"", "parameters must be a JSON object"),
         (oip_request([1, 28, 28], binary=b"\0" * 100), b"\0" * 100, "binary_data_size"),
         ({"inputs": [{"name": "pixels", "shape": [1, 28, 28], "datatype": "FP32"}]}, b"",
          "unknown input"),
@@ -154,6 +158,18 @@ def test_oip_binary_output_is_requested_per_output_or_per_request():
     assert not wants_binary({"parameters": {"binary_data_output": True},
                              "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]})
     assert not wants_binary({})
+
+
+def test_oip_parameters_that_are_not_objects_are_a_protocol_error():
+    with pytest.raises(ProtocolError, match="request parameters must be a JSON object"):
+        wants_binary({"parameters": ["binary_data_output"]})
+    with pytest.raises(ProtocolError, match="output 'logits' parameters must be a JSON object"):
+        wants_binary({"outputs": [{"name": "logits", "parameters": "binary"}]})
+
+
+def test_booleans_are_not_pixels():
+    with pytest.raises(InputError, match="numbers"):
+        images_array(np.zeros((1, 28, 28), bool).tolist(), max_images=4)
 
 
 def test_oip_header_length_must_fit_the_body():
