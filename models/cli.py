@@ -197,10 +197,9 @@ def serve(
 
     typer.echo(f"$ {' '.join(serve_command(host=host, port=port)[1:])}")
     try:
-        code = run_service(host=host, port=port, device=device)
+        run_service(host=host, port=port, device=device)  # becomes bentoml serve: no return
     except PreflightError as error:
         raise fail(f"{error}") from error
-    raise typer.Exit(code=code)
 
 
 @app.command()

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,17 @@ def preflight(env: dict[str, str]) -> list[str]:
 
 
 def serve(*, host: str = "127.0.0.1", port: int = 3000, device: str = "auto",
-          check: bool = True, **settings: object) -> int:
-    """Run the service set in the foreground until interrupted; return bentoml's exit code."""
+          check: bool = True, **settings: object) -> NoReturn:
+    """Become ``bentoml serve`` after the preflight check: this process is replaced (exec), so
+    a SIGTERM or SIGINT sent to it reaches BentoML's arbiter, which stops its workers. (As a
+    child process, a SIGTERM to the parent alone left the four workers running, orphaned.)"""
     env = serve_env(device=device, **settings)
     if check:
         for line in preflight(env):
             log.info("%s", line)
-    return subprocess.call(serve_command(host=host, port=port), cwd=REPO_ROOT, env=env)
+    command = serve_command(host=host, port=port)
+    os.chdir(REPO_ROOT)
+    os.execve(command[0], command, env)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

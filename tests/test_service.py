@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import bentoml
 import httpx
@@ -379,3 +384,35 @@ def test_preflight_lists_each_model_and_its_provider(built_models):
 def test_preflight_names_a_missing_model(tmp_path, built_models):
     with pytest.raises(PreflightError, match="mnist-serving build"):
         preflight(serve_env(base={**built_models.env(), "BENTOML_HOME": str(tmp_path)}))
+
+
+def test_serve_stops_every_worker_on_sigterm(built_models):
+    """`mnist-serving serve` becomes bentoml serve, so a SIGTERM to it leaves no orphan worker."""
+    import psutil
+
+    port = free_port()
+    env = {**built_models.env(), "MNIST_DEVICE": "cpu"}
+    process = subprocess.Popen([sys.executable, "-m", "models", "serve", "--port", str(port)],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while httpx_ready(f"http://127.0.0.1:{port}") is False:
+            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.5)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert len(workers) >= 4  # the front service and three model services
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert alive == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def httpx_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
