@@ -2,9 +2,11 @@
 
     locust --headless --host http://127.0.0.1:3000 --framework pytorch --scenario closed -u 8 -t 20s
 
-Defaults come from `[tool.locust]` in pyproject.toml. One framework per run (`--framework`), one
-scenario per run (`--scenario closed|open|batch`, or name the User class). Raw timings go to
-`--raw-dir` (one CSV per process) because Locust keeps only rounded response times.
+Defaults come from `[tool.locust]` in pyproject.toml (the options' own defaults below match it). One
+framework per run (`--framework`), one scenario per run (`--scenario closed|open|batch`, or name
+the User class). Payloads: `--payloads`, else MNIST from `--mnist-dir`, $MNIST_DATA_DIR or the
+cache. Raw timings go to `--raw-dir` (one CSV per process) because Locust keeps only rounded
+response times.
 """
 
 # Locust first: it patches sockets and threads with gevent, and torch, TensorFlow or requests
@@ -13,19 +15,17 @@ from locust import FastHttpUser, constant, events, tag, task  # noqa: I001
 from locust.runners import WorkerRunner
 
 import csv
-import functools
 import logging
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
 import numpy as np
 
-from loadtests.protocol import PREDICT_PATH, check_answer, predict_body
 from loadtests.arrivals import PoissonSchedule, latency_from_schedule_ms
+from loadtests.protocol import PREDICT_PATH, UNANSWERED, check_answer, load_payloads
 from models.contract import FRAMEWORKS
 
 log = logging.getLogger(__name__)
@@ -42,50 +42,19 @@ def add_arguments(parser) -> None:
     group.add_argument("--scenario", choices=tuple(SCENARIO_USERS), default="closed",
                        help="User class to run when none is named")
     group.add_argument("--payloads", default="",
-                       help="An .npz of images (N, 28, 28) uint8 and labels (N,); else --mnist-dir")
-    group.add_argument("--mnist-dir", default=os.environ.get("MNIST_DATA_DIR", ""),
-                       help="MNIST IDX folder whose test images are the payloads")
+                       help="An .npz of images (N, 28, 28) uint8 and labels (N,); else MNIST")
+    group.add_argument("--mnist-dir", default="",
+                       help="MNIST IDX folder whose test images are the payloads "
+                            "(default: $MNIST_DATA_DIR, else the mnist-serving cache)")
     group.add_argument("--payload-images", type=int, default=1000,
                        help="Use the first N payload images")
     group.add_argument("--batch-size", type=int, default=64, help="Images per BatchUser request")
-    group.add_argument("--arrival-rate", type=float, default=50.0,
+    group.add_argument("--arrival-rate", type=float, default=100.0,
                        help="OpenLoopUser: requests per second, all processes together")
     group.add_argument("--raw-dir", default="", help="Folder for raw per-request timings")
     group.add_argument("--fail-p99-ms", type=float, default=0.0,
                        help="Exit code 3 when Locust's p99 is over this (0: no latency gate)")
     group.add_argument("--seed", type=int, default=0, help="Seeds payload order and arrivals")
-
-
-@dataclass(frozen=True)
-class Payloads:
-    labels: np.ndarray  # (N,) uint8
-    single: list[bytes]  # one /predict body per image
-    batches: list[tuple[bytes, np.ndarray]]  # (body, labels) of batch_size images each
-
-
-@functools.cache
-def load_payloads(
-    framework: str, payloads: str, mnist_dir: str, limit: int, batch_size: int, seed: int
-) -> Payloads:
-    """Read and encode the payloads once per process; every user of the process shares them."""
-    if payloads:
-        with np.load(payloads) as archive:
-            images, labels = archive["images"], archive["labels"]
-    elif mnist_dir:
-        from models.data import load_folder
-
-        data = load_folder(mnist_dir)
-        images, labels = data.test_images, data.test_labels
-    else:
-        raise RuntimeError("no payloads: pass --payloads FILE.npz or --mnist-dir FOLDER")
-    images, labels = images[:limit], labels[:limit].astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    count = max(1, len(order) // batch_size)  # fewer images than a batch: repeat them
-    chunks = np.resize(order, (count, batch_size))  # (batches, batch_size) image indices
-    batches = [(predict_body(framework, images[chunk]), labels[chunk]) for chunk in chunks]
-    single = [predict_body(framework, images[i : i + 1]) for i in range(len(labels))]
-    log.info("payloads: %d images, %d batches of about %d", len(labels), len(batches), batch_size)
-    return Payloads(labels, single, batches)
 
 
 class MnistUser(FastHttpUser):
@@ -115,12 +84,15 @@ class MnistUser(FastHttpUser):
             if scheduled is not None:
                 response.request_meta["response_time"] = latency_from_schedule_ms(
                     scheduled, sent, service_ms)
-                # the start of an open-loop request is its scheduled time
-                context["start"] = time.time() - (time.perf_counter() - scheduled)
+                context["start"] = epoch_of(scheduled)  # an open-loop request starts when due
             if verdict.error:
                 response.failure(verdict.error)
             else:
                 response.success()
+        # the request event has fired: the arrival is recorded (no gevent switch since, so a
+        # user killed at the stop cannot leave it recorded and pending both)
+        if scheduled is not None:
+            arrival_schedule(self.environment).done(scheduled)
 
 
 class PredictUser(MnistUser):
@@ -159,7 +131,13 @@ class OpenLoopUser(MnistUser):
                   name=f"{self.framework} x1", scheduled=scheduled, sent=time.perf_counter())
 
 
+def epoch_of(moment: float) -> float:
+    """A ``time.perf_counter()`` reading as epoch seconds, the raw files' clock."""
+    return time.time() - (time.perf_counter() - moment)
+
+
 _schedules: dict[int, PoissonSchedule] = {}
+_stopping: dict[int, float] = {}  # perf_counter() when the stop began, per environment
 
 
 def arrival_schedule(environment) -> PoissonSchedule:
@@ -215,9 +193,32 @@ def pick_scenario(environment, **_kwargs) -> None:
     environment.user_classes[:] = [u for u in environment.user_classes if u.__name__ == wanted]
 
 
+@events.test_stopping.add_listener
+def on_test_stopping(environment, **_kwargs) -> None:
+    _stopping[id(environment)] = time.perf_counter()
+
+
 @events.test_stop.add_listener
 def on_test_stop(environment, **_kwargs) -> None:
+    record_unanswered(environment)
     write_raw(environment)
+
+
+def record_unanswered(environment) -> None:
+    """Open loop: every arrival due before the stop began that got no answer by now (still in
+    flight when the stop timeout ran out, or never sent because every user was busy) becomes a
+    failed request whose latency is the time it waited, a lower bound of its real latency.
+    Without this, an overloaded run would drop its slowest requests from p99."""
+    schedule = _schedules.pop(id(environment), None)  # the next test gets a fresh schedule
+    stopped = time.perf_counter()
+    if schedule is None:
+        return
+    options = environment.parsed_options
+    for scheduled in schedule.unanswered(until=_stopping.pop(id(environment), stopped)):
+        environment.events.request.fire(
+            request_type="POST", name=f"{options.framework} x1", response_length=0,
+            response_time=(stopped - scheduled) * 1000.0, exception=RuntimeError(UNANSWERED),
+            context={"start": epoch_of(scheduled), "service_ms": float("nan"), "images": 1})
 
 
 @events.quitting.add_listener

@@ -1,4 +1,4 @@
-"""The `/predict` wire format as the load tests see it: request bodies and answer checks.
+"""The `/predict` wire format as the load tests see it: payloads, request bodies, answer checks.
 
 Imports nothing heavy and nothing that patches sockets, so the locustfile, the baseline server, the
 runner and the tests share it. If the service's answer changes shape, `parse_predictions` is the
@@ -7,7 +7,9 @@ one place to adjust.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +17,12 @@ import numpy as np
 
 from models.contract import IMAGE_SHAPE, NUM_CLASSES
 
+log = logging.getLogger(__name__)
+
 PREDICT_PATH = "/predict"
 PIXEL_DECIMALS = 4  # pixels are k/255; 4 decimals keep every argmax and shrink bodies about 3x
 WRONG_DIGIT = "wrong digit"  # the failure message prefix that the report counts as a wrong answer
+UNANSWERED = "no answer by the end of the run"  # an open-loop arrival never answered (the prefix)
 
 
 def payload_images(images: np.ndarray) -> np.ndarray:
@@ -29,6 +34,44 @@ def predict_body(framework: str, images: np.ndarray) -> bytes:
     """The JSON body of a `/predict` call for uint8 images (N, 28, 28), encoded once up front."""
     pixels = payload_images(images).tolist()
     return json.dumps({"framework": framework, "images": pixels}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Payloads:
+    labels: np.ndarray  # (N,) int64
+    single: list[bytes]  # one /predict body per image
+    batches: list[tuple[bytes, np.ndarray]]  # (body, labels) of batch_size images each
+
+
+@functools.cache
+def load_payloads(
+    framework: str, payloads: str, mnist_dir: str, limit: int, batch_size: int, seed: int
+) -> Payloads:
+    """Read and encode the payloads once per process; every user of the process shares them.
+
+    ``payloads``: an .npz of images (N, 28, 28) uint8 and labels (N,), as the runner writes; else
+    the MNIST test images that `models.data.load_mnist` finds from ``mnist_dir``.
+    """
+    if payloads:
+        with np.load(payloads) as archive:
+            images, labels = archive["images"], archive["labels"]
+    else:
+        from models.data import MnistDataError, load_mnist
+
+        try:  # --mnist-dir, else $MNIST_DATA_DIR, else the user cache; never a download
+            data = load_mnist(mnist_dir or None, download=False)
+        except MnistDataError as error:
+            raise MnistDataError(f"no payloads: {error} (in Locust: --payloads FILE.npz, a load "
+                                 "test's payloads.npz, or --mnist-dir FOLDER)") from error
+        images, labels = data.test_images, data.test_labels
+    images, labels = images[:limit], labels[:limit].astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    count = max(1, len(order) // batch_size)  # fewer images than a batch: repeat them
+    chunks = np.resize(order, (count, batch_size))  # (batches, batch_size) image indices
+    batches = [(predict_body(framework, images[chunk]), labels[chunk]) for chunk in chunks]
+    single = [predict_body(framework, images[i : i + 1]) for i in range(len(labels))]
+    log.info("payloads: %d images, %d batches of about %d", len(labels), len(batches), batch_size)
+    return Payloads(labels, single, batches)
 
 
 def parse_predictions(answer: Any) -> list[dict]:

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.samples import (
+    DRAIN_S,
     PERCENTILES,
     RunStats,
     pooled_latencies,
     read_locust_totals,
     read_raw,
     summarize,
+    within_bound,
 )
 from loadtests.servers import BATCH_METRIC, INFERENCE_METRIC, REQUEST_METRIC, histogram_quantile
 from models.contract import FRAMEWORKS
@@ -73,12 +75,18 @@ class Setting:
         return float(np.median(self.per_round(name))) if self.runs else math.nan
 
 
+def window(spec: dict) -> dict[str, float]:
+    """A run's window settings; runs recorded before the drain setting get today's default."""
+    return {"warmup": spec["warmup"], "duration": spec["duration"],
+            "drain": spec.get("drain", DRAIN_S)}
+
+
 def load_runs(out_dir: Path) -> list[Run]:
     runs = []
     for run_json in sorted((out_dir / "runs").glob("*/run.json")):
         spec = json.loads(run_json.read_text())
         samples = read_raw(run_json.parent)
-        stats = summarize(samples, warmup=spec["warmup"], duration=spec["duration"])
+        stats = summarize(samples, **window(spec))
         runs.append(Run(spec, stats, read_locust_totals(run_json.parent), len(samples)))
     return runs
 
@@ -93,9 +101,7 @@ def group_settings(out_dir: Path, runs: list[Run]) -> dict[tuple, Setting]:
         settings.setdefault(key, Setting(*key)).runs.append(run)
         raw_sets[key].append(read_raw(out_dir / "runs" / spec["run_id"]))
     for key, setting in settings.items():
-        first = setting.runs[0].spec
-        setting.pooled = pooled_latencies(raw_sets[key], warmup=first["warmup"],
-                                          duration=first["duration"])
+        setting.pooled = pooled_latencies(raw_sets[key], **window(setting.runs[0].spec))
     return settings
 
 
@@ -119,7 +125,9 @@ def ordered(settings: dict[tuple, Setting], scenario: str) -> list[Setting]:
 
 def max_rates(settings: dict[tuple, Setting], bound: float) -> dict[tuple[str, str], dict]:
     """Per (target, framework): per round, the highest offered rate whose p99 stayed under the
-    bound with every lower rate also under it; and the first rate that went over."""
+    bound with every lower rate also under it, and the first rate that went over; and the rate
+    sustained in every round (the lowest of the rounds': a rate that was tested, not a mean of
+    two ladders' steps)."""
     per_round: dict[tuple, dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list))
     for setting in settings.values():
@@ -127,22 +135,21 @@ def max_rates(settings: dict[tuple, Setting], bound: float) -> dict[tuple[str, s
             continue
         for run in setting.runs:
             per_round[(setting.target, setting.framework)][run.spec["round"]].append(
-                (setting.level, run.stats.p99))
+                (setting.level, within_bound(run.stats, bound)))
     found = {}
     for key, rounds in per_round.items():
         best, first_over = [], []
         for ladder in rounds.values():
             passed, over = 0.0, math.nan
-            for rate, p99 in sorted(ladder):
-                if p99 <= bound:
+            for rate, served in sorted(ladder):
+                if served:
                     passed = rate
                 else:
                     over = rate
                     break
             best.append(passed)
             first_over.append(over)
-        found[key] = {"per_round": best, "median": float(np.median(best)),
-                      "first_over": first_over}
+        found[key] = {"per_round": best, "sustained": min(best), "first_over": first_over}
     return found
 
 
@@ -187,7 +194,7 @@ def closed_rows(settings: dict[tuple, Setting], scenario: str) -> list[list]:
         rows.append([
             f"{s.level:g}", TARGET_LABELS.get(s.target, s.target), s.framework,
             s.total("requests"), f"{s.total('errors')} / {s.total('wrong_answers')}",
-            f"{s.median('throughput'):.0f}", spread(s.per_round("throughput"), 0),
+            f"{s.median('goodput'):.0f}", spread(s.per_round("goodput"), 0),
             *(ms(s.percentile(q)) for q in PERCENTILES), spread(s.per_round("p50")),
         ] + ([f"{s.median('images_per_second'):.0f}"] if scenario == "batch" else []))
     return rows
@@ -223,7 +230,7 @@ def build_report(out_dir: str | Path) -> Path:
     if low is not None:
         for level in levels:
             headers += [f"p50 @{level:g}u ms", f"p99 @{level:g}u ms"]
-        headers += [f"req/s @{high:g}u"]
+        headers += [f"goodput req/s @{high:g}u"]
     if "open" in config["scenarios"]:
         headers += [f"max rate p99<{bound:g}ms"]
     if "batch" in config["scenarios"]:
@@ -238,14 +245,20 @@ def build_report(out_dir: str | Path) -> Path:
                     row += [ms(at.percentile(50)) if at else "–",
                             ms(at.percentile(99)) if at else "–"]
                 at_high = get("closed", high, target, framework)
-                row.append(f"{at_high.median('throughput'):.0f}" if at_high else "–")
+                row.append(f"{at_high.median('goodput'):.0f}" if at_high else "–")
             if "open" in config["scenarios"]:
-                row.append(rate_text(rates.get((target, framework)), config["rates"]))
+                found = rates.get((target, framework))
+                row.append(rate_text(found, config["rates"]) + (
+                    f" ({round_rates(found, config['rates'])})"
+                    if found and len(found["per_round"]) > 1 else ""))
             if "batch" in config["scenarios"]:
                 batch = get("batch", config["batch_users"], target, framework)
                 row.append(f"{batch.median('images_per_second'):.0f}" if batch else "–")
             rows.append(row)
-    lines += ["## Summary", "", markdown_table(headers, rows), ""]
+    lines += ["## Summary", "",
+              "Goodput counts successful requests only (status, shape and every digit right); "
+              "failures are counted in the tables below. The max rate is the one sustained in "
+              "every round (each round's in brackets).", "", markdown_table(headers, rows), ""]
     lines += tax_section(settings, rates, frameworks, low, high, config)
 
     lines += ["## Accuracy", "", accuracy_text(meta), ""]
@@ -256,7 +269,7 @@ def build_report(out_dir: str | Path) -> Path:
                   "Percentiles pool every round's raw samples; `spread` is the lowest and highest "
                   "per-round value.", "",
                   markdown_table(["users", "server", "framework", "requests", "errors / wrong",
-                                  "req/s", "req/s spread", "p50 ms", "p90 ms", "p99 ms",
+                                  "goodput req/s", "spread", "p50 ms", "p90 ms", "p99 ms",
                                   "p99.9 ms", "p50 spread"], closed_rows(settings, "closed")), ""]
     if "open" in config["scenarios"]:
         lines += open_section(settings, rates, bound, config)
@@ -265,7 +278,7 @@ def build_report(out_dir: str | Path) -> Path:
                   f"{config['batch_users']} closed-loop users, {config['batch_size']} images per "
                   f"request; latency is per request.", "",
                   markdown_table(["users", "server", "framework", "requests", "errors / wrong",
-                                  "req/s", "req/s spread", "p50 ms", "p90 ms", "p99 ms",
+                                  "goodput req/s", "spread", "p50 ms", "p90 ms", "p99 ms",
                                   "p99.9 ms", "p50 spread", "images/s"],
                                  closed_rows(settings, "batch")), ""]
 
@@ -328,9 +341,11 @@ def method_section(meta: dict, config: dict, runs: list[Run], targets: list[str]
         f"({config['open_users']} users), latency from each request's scheduled send time, "
         f"the ladder stopping at the first rate whose p99 passes {config['p99_bound_ms']:g} ms; "
         f"batch: {config['batch_users']} users, {config['batch_size']} images per request.",
-        f"- Each run: {config['duration']} s, the first {config['warmup']:g} s (warm-up) left "
-        f"out of every figure; {config['rounds']} round(s), frameworks in a rotated order each "
-        "round and the two servers alternating, so machine noise spreads over all of them. "
+        f"- Each run: {config['duration']} s; the figures count the requests that started (open "
+        f"loop: were due) after the first {config['warmup']:g} s (warm-up) and before the last "
+        f"{config.get('drain', DRAIN_S):g} s (drain); {config['rounds']} round(s), frameworks "
+        "in a rotated order each round and the two servers alternating, so machine noise "
+        "spreads over all of them. "
         f"{len(runs)} runs in all.",
         "- Timing: every request's time is recorded as measured through Locust's request event "
         "(Locust's own statistics round to whole milliseconds); percentiles come from these raw "
@@ -365,11 +380,11 @@ def tax_section(settings: dict[tuple, Setting], rates: dict, frameworks: list[st
                 row += ["–", "–"]
                 continue
             row.append(ratio(service.percentile(50), base.percentile(50)))
-            row.append(ratio(service.median("throughput"), base.median("throughput")))
+            row.append(ratio(service.median("goodput"), base.median("goodput")))
         service_rate = rates.get(("service", framework))
         base_rate = rates.get(("baseline", framework))
-        row.append(ratio(service_rate["median"], base_rate["median"])  # "< r" has no ratio
-                   if service_rate and base_rate and service_rate["median"] > 0 else "–")
+        row.append(ratio(service_rate["sustained"], base_rate["sustained"])  # "< r": no ratio
+                   if service_rate and base_rate and service_rate["sustained"] > 0 else "–")
         service_batch = settings.get(("batch", config["batch_users"], "service", framework))
         base_batch = settings.get(("batch", config["batch_users"], "baseline", framework))
         row.append(ratio(service_batch.median("images_per_second"),
@@ -378,29 +393,35 @@ def tax_section(settings: dict[tuple, Setting], rates: dict, frameworks: list[st
         rows.append(row)
     if low is None or all(cell == "–" for row in rows for cell in row[1:]):
         return []
-    headers = ["framework", f"p50 ratio @{low:g}u", f"req/s ratio @{low:g}u",
-               f"p50 ratio @{high:g}u", f"req/s ratio @{high:g}u", "max-rate ratio",
+    headers = ["framework", f"p50 ratio @{low:g}u", f"goodput ratio @{low:g}u",
+               f"p50 ratio @{high:g}u", f"goodput ratio @{high:g}u", "max-rate ratio",
                "batch images/s ratio"]
     if low == high:  # one level: drop its repeated columns
         headers = headers[:3] + headers[5:]
         rows = [row[:3] + row[5:] for row in rows]
     return ["## Serving tax: BentoML service over the Starlette baseline", "",
             "Ratios of the service's figure to the baseline's under identical load. A p50 ratio "
-            "above 1 means the service answers slower; a req/s ratio below 1 means it serves "
+            "above 1 means the service answers slower; a goodput ratio below 1 means it serves "
             "less. What the service buys for it: adaptive batching, metrics, validation, "
             "separately scalable model services.", "",
             markdown_table(headers, rows), ""]
 
 
 def rate_text(found: dict | None, ladder: list[float]) -> str:
-    """The max rate under the bound; ``< r`` when even the ladder's first rate passed it."""
+    """The rate sustained under the bound in every round; ``< r`` when even the ladder's first
+    rate passed it in some round, ``≥ r`` when no round ever went over."""
     if not found:
         return "–"
-    if found["median"] == 0:
+    if found["sustained"] == 0:
         return f"< {min(ladder):g}"
     if all(math.isnan(rate) for rate in found["first_over"]):
-        return f"≥ {found['median']:g}"  # never over the bound: the ladder's top is too low
-    return f"{found['median']:g}"
+        return f"≥ {found['sustained']:g}"  # never over the bound: the ladder's top is too low
+    return f"{found['sustained']:g}"
+
+
+def round_rates(found: dict, ladder: list[float]) -> str:
+    """Each round's max rate under the bound, ``0`` (nothing passed) as ``< r``."""
+    return " / ".join(f"{r:g}" if r else f"< {min(ladder):g}" for r in found["per_round"])
 
 
 def ratio(numerator: float, denominator: float) -> str:
@@ -428,26 +449,30 @@ def open_section(settings: dict[tuple, Setting], rates: dict, bound: float,
     for s in ordered(settings, "open"):
         rows.append([f"{s.level:g}", TARGET_LABELS.get(s.target, s.target), s.framework,
                      s.total("requests"), f"{s.total('errors')} / {s.total('wrong_answers')}",
-                     f"{s.median('throughput'):.0f}", *(ms(s.percentile(q)) for q in PERCENTILES),
-                     ms(float(np.median(s.per_round("service_p50"))))])
+                     f"{s.median('goodput'):.0f}", *(ms(s.percentile(q)) for q in PERCENTILES),
+                     s.total("unanswered"), ms(float(np.median(s.per_round("service_p50"))))])
     summary = []
     for (target, framework), found in sorted(rates.items()):
         over = [f"{r:g}" if not math.isnan(r) else "none" for r in found["first_over"]]
         summary.append([TARGET_LABELS.get(target, target), framework,
-                        rate_text(found, config["rates"]),
-                        " / ".join(f"{r:g}" for r in found["per_round"]), " / ".join(over)])
+                        rate_text(found, config["rates"]), round_rates(found, config["rates"]),
+                        " / ".join(over)])
     return [
         "## Open loop: Poisson arrivals", "",
         f"Requests arrive at random (exponential gaps) at the offered rate whatever the server "
         f"does; latency runs from each request's scheduled send time, so a stall delays every "
         f"request due during it, as real users would see (no coordinated omission). "
-        f"`service p50` runs from the actual send instead. The ladder stops for a server and "
-        f"framework at the first rate whose p99 passes {bound:g} ms.", "",
-        markdown_table(["server", "framework", f"max rate with p99<{bound:g}ms (median)",
+        f"`service p50` runs from the actual send instead. Requests count in the window they "
+        f"were due in. A request still without an answer when the run stopped (in flight, or "
+        f"never sent because every user was busy) is `unanswered`: a failure, and in the "
+        f"percentiles at the time it had waited, a lower bound. In each round the ladder stops "
+        f"for a server and framework at the first rate whose p99 passes {bound:g} ms; the max "
+        f"rate is the lowest of the rounds' (sustained in every round).", "",
+        markdown_table(["server", "framework", f"max rate with p99<{bound:g}ms (every round)",
                         "per round", "first rate over"], summary), "",
         markdown_table(["offered req/s", "server", "framework", "requests", "errors / wrong",
-                        "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-                        "service p50 ms"], rows), "",
+                        "goodput req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+                        "unanswered", "service p50 ms"], rows), "",
     ]
 
 
@@ -472,12 +497,14 @@ def integrity_section(runs: list[Run]) -> list[str]:
                 if r.spec["exit_code"] not in (0, 1)]
     errors = sum(r.stats.errors for r in runs)
     wrong = sum(r.stats.wrong_answers for r in runs)
+    unanswered = sum(r.stats.unanswered for r in runs)
     lines = ["## Checks", "",
              "- Raw samples against Locust's final request counts: "
              + ("equal in every run." if not mismatched and not missing else
                 f"different in {', '.join(mismatched) or 'no run'}; no Locust statistics in "
                 f"{', '.join(missing) or 'no run'}."),
-             f"- Failed requests in measured windows: {errors} errors, {wrong} wrong answers.",
+             f"- Failed requests in measured windows: {errors} errors, {wrong} wrong answers, "
+             f"{unanswered} unanswered.",
              "- Locust exit codes: " + (", ".join(bad_exit) if bad_exit else "0 or 1 in every "
                                         "run (1: some request failed)."), ""]
     return lines
@@ -502,9 +529,10 @@ def write_results(path: Path, settings: dict[tuple, Setting], rates: dict, meta:
             "scenario": s.scenario, "level": s.level, "target": s.target,
             "framework": s.framework, "requests": s.total("requests"),
             "errors": s.total("errors"), "wrong_answers": s.total("wrong_answers"),
-            "throughput_median": s.median("throughput"),
+            "unanswered": s.total("unanswered"),
+            "goodput_median": s.median("goodput"),
             "images_per_second_median": s.median("images_per_second"),
-            "throughput_per_round": s.per_round("throughput"),
+            "goodput_per_round": s.per_round("goodput"),
             **{f"p{q:g}_ms": s.percentile(q) for q in PERCENTILES},
             "p50_per_round": s.per_round("p50"),
         } for s in settings.values()],
@@ -572,10 +600,10 @@ def write_charts(out_dir: Path, settings: dict[tuple, Setting], rates: dict,
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
         for points in series("closed").values():
             x = [p.level for p in points]
-            low = [p.median("throughput") - min(p.per_round("throughput")) for p in points]
-            high = [max(p.per_round("throughput")) - p.median("throughput") for p in points]
+            low = [p.median("goodput") - min(p.per_round("goodput")) for p in points]
+            high = [max(p.per_round("goodput")) - p.median("goodput") for p in points]
             kwargs = style(points[0])
-            left.errorbar(x, [p.median("throughput") for p in points], yerr=[low, high],
+            left.errorbar(x, [p.median("goodput") for p in points], yerr=[low, high],
                           capsize=3, **kwargs)
             right.plot(x, [p.percentile(99) for p in points], **kwargs)
         for axis in (left, right):
@@ -583,8 +611,8 @@ def write_charts(out_dir: Path, settings: dict[tuple, Setting], rates: dict,
             axis.xaxis.set_major_formatter(plain)
             axis.set_xlabel("concurrent users (closed loop, no wait)")
             axis.grid(True, which="both", alpha=0.3)
-        left.set_ylabel("requests per second (median of rounds; bars: min–max)")
-        left.set_title("Throughput against users (higher is better)")
+        left.set_ylabel("successful req/s (median of rounds; bars: min–max)")
+        left.set_title("Goodput against users (higher is better)")
         right.set_ylabel("p99 latency (ms, log scale)")
         log_y(right)
         right.set_title("p99 latency against users (lower is better)")
@@ -629,7 +657,7 @@ def write_charts(out_dir: Path, settings: dict[tuple, Setting], rates: dict,
             axis.bar_label(bars, fmt="%.0f", fontsize=8)
         axis.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(frameworks))],
                         frameworks)
-        axis.set_ylabel("images per second (median of rounds)")
+        axis.set_ylabel("images per second, successful requests (median of rounds)")
         size = batch[0].runs[0].stats.images / max(1, batch[0].runs[0].stats.requests)
         axis.set_title(f"Batch requests ({size:.0f} images each): images per second "
                        "(higher is better)\nsolid: BentoML service, faded: Starlette baseline")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests import servers
-from loadtests.samples import read_raw, summarize
+from loadtests.samples import DRAIN_S, read_raw, summarize, within_bound
 from models.contract import FRAMEWORKS
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class LoadTestConfig:
     scenarios: tuple[str, ...] = SCENARIOS
     duration: int = 10  # seconds per run, warm-up included (Locust takes whole seconds)
     warmup: float = 2.0  # seconds at the start of each run left out of every figure
+    drain: float = DRAIN_S  # seconds at the end left out: requests due then, cut off by the stop
     rounds: int = 2  # each setting repeated, frameworks in a rotated order each round
     users: tuple[int, ...] = (1, 8, 32, 64)  # closed-loop concurrency sweep
     rates: tuple[float, ...] = (50, 100, 200, 400, 800, 1600)  # open loop, requests/s, climbed
@@ -57,14 +58,9 @@ class LoadTestConfig:
     baseline: bool = True  # run the Starlette baseline beside the service
     seed: int = 0
 
-    def planned_runs(self, targets: int) -> int:
-        levels = {"closed": len(self.users), "open": len(self.rates), "batch": 1}
-        per_round = sum(levels[scenario] for scenario in self.scenarios)
-        return per_round * len(self.frameworks) * targets * self.rounds
-
 
 QUICK = {  # `--quick`: the whole path in under a minute, for CI
-    "duration": 2, "warmup": 0.5, "rounds": 1, "users": (8,), "rates": (100.0,),
+    "duration": 2, "warmup": 0.5, "drain": 0.5, "rounds": 1, "users": (8,), "rates": (100.0,),
     "open_users": 16, "batch_users": 2, "payload_images": 200, "accuracy_images": 250,
 }
 
@@ -139,7 +135,7 @@ def run_locust(spec: RunSpec, config: LoadTestConfig, server: servers.Server, ru
     if spec.target == "service":
         spec.metrics = servers.histogram_delta(servers.scrape_histograms(server.url), before)
     record = {**asdict(spec), "run_id": spec.run_id, "command": command,
-              "warmup": config.warmup, "duration": config.duration}
+              "warmup": config.warmup, "duration": config.duration, "drain": config.drain}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     if spec.exit_code not in (0, 1):  # 1: Locust saw failures, which the report counts
         log.warning("%s: Locust exited with %s (see %s)", spec.run_id, spec.exit_code,
@@ -308,56 +304,57 @@ def check_config(config: LoadTestConfig) -> None:
             raise refuse(f"unknown scenario {scenario!r}: expected {', '.join(SCENARIOS)}")
     if int(config.duration) != config.duration or config.duration < 1:
         raise refuse(f"duration must be whole seconds (Locust's --run-time), got {config.duration}")
-    if not 0 <= config.warmup < config.duration:
-        raise refuse(f"warm-up {config.warmup} s must be shorter than the run, {config.duration} s")
+    if min(config.warmup, config.drain) < 0 or config.warmup + config.drain >= config.duration:
+        raise refuse(f"warm-up {config.warmup} s and drain {config.drain} s must leave some of "
+                     f"the run, {config.duration} s, to measure")
     if config.rounds < 1 or not config.users or not config.rates:
         raise refuse("need at least one round, one user count and one rate")
     if config.workers < 0:
         raise refuse(f"workers must be 0 (one local process) or more, got {config.workers}")
 
 
-def execute_plan(config: LoadTestConfig, running: dict[str, servers.Server], out_dir: Path,
-                 payloads: Path, *, progress: bool = True) -> list[RunSpec]:
-    """Every run, interleaved: within a round and a level, each framework in turn (the order
-    rotated per round) on each server (their order swapped per round). The open loop climbs its
-    rate ladder until p99 passes the bound, separately for each server and framework."""
-    from tqdm import tqdm
-
-    targets = [t for t in TARGETS if t in running]
-    total = config.planned_runs(len(targets))
-    seconds = total * (config.duration + 1.0)
-    log.info("at most %d Locust runs, about %.0f min", total, seconds / 60)
-    bar = tqdm(total=total, desc="loadtest", unit="run", disable=not progress or None,
-               file=sys.stderr)
-    done: list[RunSpec] = []
-    runs_dir = out_dir / "runs"
+def plan(config: LoadTestConfig, served: dict[str, Sequence[str]]) -> list[RunSpec]:
+    """Every run, in order, interleaved: per round, scenario and level, each framework in turn
+    (the order rotated per round) on each server (their order swapped per round). ``served``:
+    the frameworks each server has. The open loop lists its whole rate ladder, low to high."""
+    specs = []
     for round_index in range(config.rounds):
         framework_order = rotated(config.frameworks, round_index)
-        target_order = targets if round_index % 2 == 0 else targets[::-1]
+        target_order = list(served) if round_index % 2 == 0 else list(served)[::-1]
         for scenario in config.scenarios:
             levels: list[tuple[int, float | None]] = (
                 [(u, None) for u in config.users] if scenario == "closed"
                 else [(config.batch_users, None)] if scenario == "batch"
                 else [(config.open_users, rate) for rate in config.rates])
-            over_bound: set[tuple[str, str]] = set()
-            for users, rate in levels:
-                for framework in framework_order:
-                    for target in target_order:
-                        if framework not in running[target].info.get("frameworks", FRAMEWORKS):
-                            bar.update(1)
-                            continue
-                        if (target, framework) in over_bound:
-                            bar.update(1)
-                            continue
-                        spec = RunSpec(round_index, scenario, target, framework, users, rate)
-                        bar.set_postfix_str(spec.run_id)
-                        run_locust(spec, config, running[target], runs_dir, payloads)
-                        done.append(spec)
-                        bar.update(1)
-                        if rate is not None:
-                            stats = summarize(read_raw(runs_dir / spec.run_id),
-                                              warmup=config.warmup, duration=config.duration)
-                            if not stats.p99 <= config.p99_bound_ms:  # NaN counts as over
-                                over_bound.add((target, framework))
-    bar.close()
+            specs += [RunSpec(round_index, scenario, target, framework, users, rate)
+                      for users, rate in levels for framework in framework_order
+                      for target in target_order if framework in served[target]]
+    return specs
+
+
+def execute_plan(config: LoadTestConfig, running: dict[str, servers.Server], out_dir: Path,
+                 payloads: Path, *, progress: bool = True) -> list[RunSpec]:
+    """Run the `plan`. The open loop climbs its rate ladder until p99 passes the bound,
+    separately for each round, server and framework: the higher rates are skipped."""
+    from tqdm import tqdm
+
+    served = {t: running[t].info.get("frameworks", FRAMEWORKS) for t in TARGETS if t in running}
+    specs = plan(config, served)
+    log.info("at most %d Locust runs, about %.0f min", len(specs),
+             len(specs) * (config.duration + 1.0) / 60)
+    done: list[RunSpec] = []
+    over_bound: set[tuple[int, str, str]] = set()  # (round, target, framework)
+    runs_dir = out_dir / "runs"
+    bar = tqdm(specs, desc="loadtest", unit="run", disable=not progress or None, file=sys.stderr)
+    for spec in bar:
+        if (spec.round, spec.target, spec.framework) in over_bound and spec.rate is not None:
+            continue
+        bar.set_postfix_str(spec.run_id)
+        run_locust(spec, config, running[spec.target], runs_dir, payloads)
+        done.append(spec)
+        if spec.rate is not None:
+            stats = summarize(read_raw(runs_dir / spec.run_id), warmup=config.warmup,
+                              duration=config.duration, drain=config.drain)
+            if not within_bound(stats, config.p99_bound_ms):
+                over_bound.add((spec.round, spec.target, spec.framework))
     return done

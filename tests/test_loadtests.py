@@ -1,35 +1,47 @@
 """The load tests' parts: answer checks, arrivals, raw statistics, report, baseline, runner plan.
 
-Fast: no model training, no `bentoml serve`. The one real Locust run here is a 1-second run
-against a stub server in this process; the end-to-end run is in test_loadtests_e2e.py.
+Fast: no model training, no `bentoml serve`. The real Locust runs here are 1 to 2 seconds long,
+against stub servers in this process; the end-to-end run is in test_loadtests_e2e.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from loadtests.arrivals import PoissonSchedule, latency_from_schedule_ms
-from loadtests.protocol import WRONG_DIGIT, check_answer, parse_predictions, predict_body
+from loadtests.protocol import (
+    UNANSWERED,
+    WRONG_DIGIT,
+    check_answer,
+    load_payloads,
+    parse_predictions,
+    predict_body,
+)
 from loadtests.report import build_report
-from loadtests.runner import LOCUSTFILE, REPO_ROOT, LoadTestConfig, check_config, rotated
+from loadtests.runner import LOCUSTFILE, REPO_ROOT, LoadTestConfig, check_config, plan, rotated
 from loadtests.samples import read_locust_totals, read_raw, summarize
 from loadtests.servers import (
+    Server,
     check_loopback,
-    free_port,
     histogram_delta,
     histogram_quantile,
     parse_histograms,
 )
 from models.contract import FRAMEWORKS
+from models.data import MnistDataError
+from tests.conftest import FIXTURE_MNIST
 
 
 def answer_body(digits: list[int]) -> bytes:
@@ -80,6 +92,24 @@ def test_request_body_carries_contract_pixels():
     assert np.asarray(body["images"]).max() == 1.0
 
 
+def test_payloads_fall_back_to_the_mnist_cache(monkeypatch):
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    monkeypatch.setattr("models.data.default_cache_dir", lambda: FIXTURE_MNIST)
+    load_payloads.cache_clear()
+    payloads = load_payloads("pytorch", "", "", 10, 4, 0)
+    assert len(payloads.single) == len(payloads.labels) == 10
+    assert len(payloads.batches) == 2
+
+
+def test_no_payloads_anywhere_says_what_to_pass(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    monkeypatch.setattr("models.data.default_cache_dir", lambda: tmp_path / "empty")
+    load_payloads.cache_clear()
+    with pytest.raises(MnistDataError, match="--payloads.*--mnist-dir") as raised:
+        load_payloads("pytorch", "", "", 10, 4, 0)
+    assert "MNIST_DATA_DIR" in str(raised.value)
+
+
 # --- open-loop arrivals --------------------------------------------------------------------
 
 def test_poisson_arrivals_follow_the_rate():
@@ -95,7 +125,7 @@ def test_poisson_arrivals_follow_the_rate():
     assert np.all(gaps >= 0)
 
 
-def test_open_loop_latency_counts_from_the_scheduled_time():
+def test_late_send_adds_its_lateness_to_the_service_time():
     # scheduled at t=10 s, sent 50 ms late because every user was busy, answered in 2 ms
     assert latency_from_schedule_ms(10.0, 10.05, 2.0) == pytest.approx(52.0)
     assert latency_from_schedule_ms(10.0, 9.999, 2.0) == pytest.approx(2.0)
@@ -104,6 +134,22 @@ def test_open_loop_latency_counts_from_the_scheduled_time():
 def test_arrival_rate_must_be_positive():
     with pytest.raises(ValueError):
         PoissonSchedule(0.0, start=0.0)
+
+
+def test_unanswered_arrivals_are_those_taken_and_never_done_and_those_never_taken():
+    schedule = PoissonSchedule(100.0, start=0.0, seed=3)
+    taken = [schedule.next() for _ in range(5)]
+    for scheduled in taken[:3]:
+        schedule.done(scheduled)
+    until = taken[-1] + 0.1
+    never_taken = []
+    probe = PoissonSchedule(100.0, start=0.0, seed=3)  # the same stream, to know what follows
+    for _ in range(5):
+        probe.next()
+    while (t := probe.next()) < until:
+        never_taken.append(t)
+    assert schedule.unanswered(until=until) == taken[3:] + never_taken
+    assert schedule.unanswered(until=until) == []  # handed out once
 
 
 # --- raw samples ---------------------------------------------------------------------------
@@ -134,7 +180,7 @@ def test_percentiles_keep_sub_millisecond_precision(tmp_path):
     # Locust would file all of these under 0 or 1 ms
     latencies = np.linspace(0.30, 0.70, 401)  # p50 0.50 ms
     write_raw(tmp_path, synthetic_rows(latencies))
-    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0)
+    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0, drain=0.0)
     assert stats.p50 == pytest.approx(0.50, abs=0.005)
     assert stats.p99 == pytest.approx(0.696, abs=0.005)
 
@@ -142,16 +188,48 @@ def test_percentiles_keep_sub_millisecond_precision(tmp_path):
 def test_warmup_requests_are_left_out(tmp_path):
     slow_then_fast = [50.0] * 100 + [1.0] * 300  # the first second is slow (warm-up)
     write_raw(tmp_path, synthetic_rows(slow_then_fast))
-    stats = summarize(read_raw(tmp_path), warmup=1.1, duration=100.0)
+    stats = summarize(read_raw(tmp_path), warmup=1.1, duration=100.0, drain=0.0)
     assert stats.p99 == pytest.approx(1.0)
     assert stats.warmup_requests >= 100
+
+
+def test_a_slow_request_counts_in_the_window_it_started_in(tmp_path):
+    # 10 s of 1 ms answers, and one request due at 8 s that takes 5 s: it ends after the run,
+    # and leaving it out would hide the worst latency of the run
+    latencies = [1.0] * 1000
+    latencies[800] = 5000.0
+    write_raw(tmp_path, synthetic_rows(latencies))
+    stats = summarize(read_raw(tmp_path), warmup=1.0, duration=10.0, drain=1.0)
+    assert stats.max == pytest.approx(5000.0)
+    assert stats.requests == pytest.approx(800, abs=1)  # due in [1 s, 9 s]
+    assert stats.warmup_requests == 100
+
+
+def test_goodput_counts_only_successful_requests(tmp_path):
+    # a server failing every other request fast does not serve twice as much
+    errors = {i: "HTTP 503: busy" for i in range(0, 200, 2)}
+    write_raw(tmp_path, synthetic_rows([1.0] * 200, gap=0.01, errors=errors, images=4))
+    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=2.0, drain=0.0)
+    assert stats.requests == 200 and stats.errors == 100
+    assert stats.goodput == pytest.approx(100 / 1.99)
+    assert stats.images_per_second == pytest.approx(4 * 100 / 1.99)
+
+
+def test_unanswered_requests_are_failures_that_count_in_the_percentiles(tmp_path):
+    rows = synthetic_rows([1.0] * 90 + [2500.0] * 10,
+                          errors={i: UNANSWERED for i in range(90, 100)})
+    write_raw(tmp_path, rows)
+    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0, drain=0.0)
+    assert (stats.unanswered, stats.errors, stats.wrong_answers) == (10, 0, 0)
+    assert stats.p99 == pytest.approx(2500.0)
+    assert stats.goodput == pytest.approx(90 / 0.99)
 
 
 def test_processes_raw_files_merge_and_failures_split(tmp_path):
     write_raw(tmp_path, synthetic_rows([1.0] * 10, errors={0: "HTTP 503: busy"}), "raw-1.csv")
     write_raw(tmp_path, synthetic_rows([1.0] * 10, t0=1000.005,
                                        errors={1: f"{WRONG_DIGIT}: 1 of 1"}), "raw-2.csv")
-    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0)
+    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0, drain=0.0)
     assert (stats.requests, stats.errors, stats.wrong_answers) == (20, 1, 1)
 
 
@@ -250,19 +328,38 @@ def test_report_builder_turns_recorded_runs_into_tables_and_charts(tmp_path):
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 2 * 2 * 2 * 5
 
 
+def test_max_rate_is_the_rate_sustained_in_every_round(tmp_path):
+    # the service passes 100 req/s in round 0 and 200 in round 1: it sustained 100, not "150"
+    config = LoadTestConfig(frameworks=("keras",), scenarios=("closed", "open"), users=(1,),
+                            rates=(50.0, 100.0, 200.0, 400.0), rounds=2)
+    recorded_meta(tmp_path, config)
+    for round_index, service_top in ((0, 100.0), (1, 200.0)):
+        for target in ("service", "baseline"):
+            recorded_run(tmp_path, scenario="closed", target=target, framework="keras", users=1,
+                         rate=None, round_index=round_index, latencies=[1.0] * 100)
+        for rate in config.rates:
+            for target, top in (("service", service_top), ("baseline", 200.0)):
+                if rate <= 2 * top:  # the runner stops each ladder after its first failure
+                    recorded_run(tmp_path, scenario="open", target=target, framework="keras",
+                                 users=64, rate=rate, round_index=round_index,
+                                 latencies=[2.0 if rate <= top else 40.0] * 100)
+
+    report = build_report(tmp_path).read_text()
+
+    # summary: the sustained rate, then each round's
+    assert has_row(report, "keras", "BentoML service", "1.00", "1.00", "101", "100 (100 / 200)")
+    assert has_row(report, "BentoML service", "keras", "100", "100 / 200", "200 / 400")
+    assert has_row(report, "keras", "1.00x", "1.00x", "0.50x")  # tax: 100 over baseline's 200
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["max_rate"]["service/keras"]["sustained"] == 100.0
+
+
 # --- servers and metrics -------------------------------------------------------------------
 
 def test_traffic_goes_to_loopback_only():
     assert check_loopback("http://127.0.0.1:3000/") == "http://127.0.0.1:3000"
     with pytest.raises(ValueError, match="loopback"):
         check_loopback("http://example.com:3000")
-
-
-def test_free_port_is_bindable_on_loopback():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", free_port()))
 
 
 METRICS = """\
@@ -363,17 +460,71 @@ def test_bad_settings_are_refused_before_anything_starts():
         check_config(LoadTestConfig(duration=2.5))
     with pytest.raises(ValueError, match="warm-up"):
         check_config(LoadTestConfig(duration=2, warmup=2))
+    with pytest.raises(ValueError, match="drain"):
+        check_config(LoadTestConfig(duration=2, warmup=1, drain=1))
     with pytest.raises(ValueError, match="scenario"):
         check_config(LoadTestConfig(scenarios=("soak",)))
 
 
-def test_default_profile_runs_at_least_two_interleaved_rounds():
+def test_default_plan_interleaves_frameworks_and_servers_over_rounds():
     config = LoadTestConfig()
+    specs = plan(config, {"service": FRAMEWORKS, "baseline": FRAMEWORKS})
     assert config.rounds >= 2
-    assert config.planned_runs(targets=2) == (4 + len(config.rates) + 1) * 3 * 2 * config.rounds
+    settings = {r: sorted((s.scenario, s.users, s.rate or 0, s.target, s.framework)
+                          for s in specs if s.round == r) for r in range(config.rounds)}
+    assert settings[0] == settings[1]  # every round runs every setting once
+    assert len(settings[0]) == (len(config.users) + len(config.rates) + 1) * 3 * 2
+    first_step = {r: [(s.framework, s.target) for s in specs
+                      if s.round == r and s.scenario == "closed" and s.users == 1]
+                  for r in range(2)}
+    assert first_step[0] == [("tensorflow", "service"), ("tensorflow", "baseline"),
+                             ("keras", "service"), ("keras", "baseline"),
+                             ("pytorch", "service"), ("pytorch", "baseline")]
+    assert first_step[1] == [("keras", "baseline"), ("keras", "service"),
+                             ("pytorch", "baseline"), ("pytorch", "service"),
+                             ("tensorflow", "baseline"), ("tensorflow", "service")]
 
 
-# --- the locustfile, through a real (1 s) Locust run against a stub ------------------------
+def test_plan_leaves_out_frameworks_a_server_lacks():
+    specs = plan(LoadTestConfig(rounds=1), {"service": FRAMEWORKS, "baseline": ("keras",)})
+    assert {s.framework for s in specs if s.target == "baseline"} == {"keras"}
+    assert {s.framework for s in specs if s.target == "service"} == set(FRAMEWORKS)
+
+
+def test_open_ladder_stops_in_each_round_at_the_first_rate_over_the_bound(tmp_path, monkeypatch):
+    from loadtests import runner
+
+    config = LoadTestConfig(frameworks=("keras",), scenarios=("open",), rounds=2,
+                            rates=(50.0, 100.0, 200.0), p99_bound_ms=25.0)
+    ran = []
+    monkeypatch.setattr(runner, "run_locust", lambda spec, *_args: ran.append(spec))
+    monkeypatch.setattr(runner, "read_raw", lambda run_dir: run_dir.name)
+    monkeypatch.setattr(runner, "summarize", lambda run_id, **_kwargs: SimpleNamespace(
+        p99=30.0 if "-100rps-" in run_id else 5.0, errors=0, wrong_answers=0))
+    runner.execute_plan(config, {"service": Server("service", "http://127.0.0.1:1")}, tmp_path,
+                        tmp_path / "payloads.npz", progress=False)
+    assert [(s.round, s.rate) for s in ran] == [(0, 50.0), (0, 100.0), (1, 50.0), (1, 100.0)]
+
+
+# --- the locustfile, through real Locust runs against stubs --------------------------------
+
+def test_locustfile_defaults_are_those_of_tool_locust():
+    """A locustfile run without pyproject.toml (another folder, --config) behaves the same."""
+    code = ("import argparse, json\n"
+            "from loadtests.locustfile import add_arguments\n"
+            "parser = argparse.ArgumentParser()\n"
+            "add_arguments(parser)\n"
+            "print(json.dumps(vars(parser.parse_args([]))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    defaults = json.loads(result.stdout.splitlines()[-1])
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    table = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["locust"]
+    ours = {key: value for key, value in table.items() if key.replace("-", "_") in defaults}
+    assert "arrival-rate" in ours
+    assert {key: defaults[key.replace("-", "_")] for key in ours} == ours
+
 
 class AlwaysSevenHandler(BaseHTTPRequestHandler):
     """Answers every /predict with digit 7 for each image sent."""
@@ -415,7 +566,7 @@ def test_locustfile_counts_a_wrong_digit_as_a_failure(tmp_path, stub_server, lab
     assert totals and totals["requests"] > 0, result.stderr[-2000:]
     assert totals["failures"] == (totals["requests"] if all_fail else 0)
     assert result.returncode == (1 if all_fail else 0)
-    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0)
+    stats = summarize(read_raw(tmp_path), warmup=0.0, duration=100.0, drain=0.0)
     assert len(read_raw(tmp_path)) == totals["requests"]  # raw timings miss no request
     assert stats.wrong_answers == (stats.requests if all_fail else 0)
     assert stats.errors == 0
@@ -434,3 +585,94 @@ def test_workers_run_locust_distributed_on_loopback(tmp_path):
     assert command[command.index("--arrival-rate") + 1] == "200.0"  # split across workers
     local = locust_command(spec, LoadTestConfig(), "http://127.0.0.1:3000", tmp_path, tmp_path)
     assert "--processes" not in local
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class StallingHandler(AlwaysSevenHandler):
+    """Answers one request at a time; STALL_AT s after the first request, stalls for STALL_S
+    (every user waits); HANG_AT s after it, stops answering until ``release`` is set."""
+
+    STALL_AT, STALL_S, HANG_AT = 0.4, 0.5, 1.4
+    lock = threading.Lock()
+    release = threading.Event()
+    first: float | None = None
+    stall: tuple[float, float] | None = None  # epoch seconds
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        cls = type(self)
+        with cls.lock:
+            now = time.time()
+            cls.first = cls.first or now
+            if cls.stall is None and now - cls.first >= cls.STALL_AT:
+                time.sleep(cls.STALL_S)
+                cls.stall = (now, time.time())
+        if now - cls.first >= cls.HANG_AT:
+            cls.release.wait(30)
+            return
+        super().do_POST()
+
+
+def test_open_loop_latency_runs_from_the_scheduled_time_and_unanswered_requests_count(tmp_path):
+    """A real OpenLoopUser run: requests due while the server stalled are sent late, and their
+    latency includes the wait; requests due once it stops answering are recorded at the stop."""
+    handler = type("Handler", (StallingHandler,), {"lock": threading.Lock(),
+                                                    "release": threading.Event()})
+    payloads = tmp_path / "payloads.npz"
+    np.savez(payloads, images=np.zeros((10, 28, 28), np.uint8), labels=np.full(10, 7))
+    with serving(handler) as url:
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+                 "--only-summary", "--host", url, "--scenario", "open", "--arrival-rate", "50",
+                 "-u", "2", "-r", "2", "-t", "2s", "--stop-timeout", "1",
+                 "--payloads", str(payloads), "--raw-dir", str(tmp_path),
+                 "--json-file", str(tmp_path / "locust"), "--loglevel", "WARNING"],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        finally:
+            handler.release.set()
+    samples = read_raw(tmp_path)
+    assert len(samples) == read_locust_totals(tmp_path)["requests"], result.stderr[-2000:]
+    answered = samples.select(samples.ok)
+    # latency runs from the scheduled time (the start column) to the answer
+    assert np.allclose(answered.latency_ms, (answered.end - answered.start) * 1000, atol=5)
+
+    stall_start, stall_end = handler.stall
+    due = answered.select((answered.start > stall_start) & (answered.start < stall_end - 0.05))
+    assert len(due) >= 5  # about 25 were due: 50/s for 0.5 s
+    assert np.all(due.latency_ms >= (stall_end - due.start) * 1000 - 5)
+    late = due.latency_ms - due.service_ms  # both users were stuck: the sends were late
+    assert np.sum(late > 20) >= len(due) - 2
+
+    unanswered = samples.select(samples.unanswered)
+    assert len(unanswered) >= 10  # about 30 due between the hang and the stop
+    assert np.all(unanswered.latency_ms >= 900)  # the stop waited 1 s for them, in vain
+    assert read_locust_totals(tmp_path)["failures"] == len(unanswered)
+    stats = summarize(samples, warmup=0.0, duration=2.0, drain=0.0)
+    assert stats.unanswered > 0 and stats.p99 >= 900
+
+
+def test_a_rate_with_fast_errors_is_not_served_within_the_bound():
+    from dataclasses import replace
+
+    from loadtests.samples import RunStats, within_bound
+
+    fast = RunStats(requests=100, errors=0, wrong_answers=0, unanswered=0, images=100,
+                    correct_images=100, seconds=8.0, goodput=12.5, images_per_second=12.5,
+                    p50=1.0, p90=2.0, p99=3.0, p99_9=4.0, mean=1.2, max=5.0, service_p50=1.0,
+                    warmup_requests=10)
+    assert within_bound(fast, 25.0)
+    assert not within_bound(replace(fast, p99=30.0), 25.0)
+    assert not within_bound(replace(fast, errors=3), 25.0)  # quick 503s are not speed
+    assert not within_bound(replace(fast, wrong_answers=1), 25.0)
+    assert not within_bound(replace(fast, p99=float("nan")), 25.0)  # nothing answered
