@@ -28,6 +28,7 @@ import numpy as np
 from loadtests import servers
 from loadtests.samples import DRAIN_S, read_raw, summarize, within_bound
 from models.contract import FRAMEWORKS
+from services.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def run_loadtest(
                               else servers.start_service(REPO_ROOT, out_dir / "service.log"))
         tags = servers.served_tags(running["service"].url)
         onnx_paths = servers.resolve_onnx_paths(list(config.frameworks), tags, Path(artifacts))
-        threads = int(os.environ.get("MNIST_ORT_THREADS", "1"))  # as the service runs ORT
+        threads = load_settings().ort_threads  # the baseline runs ORT as the service does
         if config.baseline and baseline_host:
             running["baseline"] = servers.Server("baseline",
                                                  servers.check_loopback(baseline_host))

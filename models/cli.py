@@ -47,10 +47,11 @@ def fail(message: str) -> typer.Exit:
 def user_errors():
     """Turn a PipelineError into a one-line message and exit code 2: no traceback for the user."""
     from models.errors import PipelineError
+    from services.settings import SettingsError
 
     try:
         yield
-    except PipelineError as error:
+    except (PipelineError, SettingsError) as error:
         raise fail(str(error)) from error
 
 

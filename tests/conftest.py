@@ -45,6 +45,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs models trained and exported is slow, whether or not it says so."""
+    for item in items:
+        if "built_models" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_model_store():
     """The session's model store, removed at the end (each export adds a version to it)."""
