@@ -28,6 +28,7 @@ import numpy as np
 from loadtests import servers
 from loadtests.samples import DRAIN_S, read_raw, summarize, within_bound
 from models.contract import FRAMEWORKS
+from services.runner import free_port, service_import_path
 from services.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def locust_command(spec: RunSpec, config: LoadTestConfig, host: str, run_dir: Pa
         "--seed", str(config.seed + spec.round),
     ]
     if config.workers:
-        port = servers.free_port()
+        port = free_port()
         command += ["--processes", str(config.workers), "--master-bind-host", servers.LOOPBACK,
                     "--master-bind-port", str(port), "--master-host", servers.LOOPBACK,
                     "--master-port", str(port), "--expect-workers-max-wait", "30"]
@@ -275,7 +276,7 @@ def run_loadtest(
             "started": started.isoformat(timespec="seconds"), "config": asdict(config),
             "quick": quick, "machine": machine(), "versions": versions(),
             "service": {"url": running["service"].url, "started_here": host is None,
-                        "module": None if host else servers.bentoml_service_path(REPO_ROOT),
+                        "module": None if host else service_import_path(REPO_ROOT),
                         "tags": tags},
             "baseline": {"frameworks": running["baseline"].info["frameworks"],
                          "onnx": {k: str(v) for k, v in onnx_paths.items()},

@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import numpy as np
 from loadtests.protocol import PREDICT_PATH, parse_predictions, predict_body
 from models.contract import FRAMEWORKS, ONNX_FILENAME
 from models.errors import PipelineError
+from services.runner import free_port, serve_command
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +42,6 @@ class ServerError(PipelineError):
 
 class LoadTestSettingsError(PipelineError, ValueError):
     """A load-test setting is refused before anything starts; the message says which."""
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def check_loopback(url: str) -> str:
@@ -123,27 +115,12 @@ def wait_ready(server: Server, ready_path: str, *, timeout: float) -> None:
                       f"\n{server.log_tail()}")
 
 
-def bentoml_service_path(repo_root: Path) -> str:
-    """The import path in bentofile.yaml's ``service:`` key, e.g. ``services.service:MnistApi``."""
-    import yaml
-
-    bentofile = repo_root / "bentofile.yaml"
-    if not bentofile.is_file():
-        raise ServerError(f"{bentofile}: missing; pass --host URL of a running service instead")
-    service = (yaml.safe_load(bentofile.read_text()) or {}).get("service")
-    if not service:
-        raise ServerError(f"{bentofile} has no `service:` key")
-    return str(service)
-
-
 def start_service(repo_root: Path, log_path: Path, *, timeout: float = 180.0) -> Server:
-    """`bentoml serve` from the repository root on a free loopback port."""
+    """`bentoml serve` (bentofile.yaml's service) from the repository root on a free loopback port."""
     port = free_port()
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
-    command = [bentoml, "serve", bentoml_service_path(repo_root), "--host", LOOPBACK,
-               "--port", str(port)]
-    return start_process("service", command, url=f"http://{LOOPBACK}:{port}", ready_path="/readyz",
-                         log_path=log_path, cwd=repo_root, timeout=timeout)
+    return start_process("service", serve_command(host=LOOPBACK, port=port),
+                         url=f"http://{LOOPBACK}:{port}", ready_path="/readyz", log_path=log_path,
+                         cwd=repo_root, timeout=timeout)
 
 
 def start_baseline(model_paths: dict[str, Path], repo_root: Path, log_path: Path, *,

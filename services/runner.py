@@ -18,15 +18,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from models.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVICE = "services.service:MnistApi"
+
+
+class PreflightError(PipelineError):
+    """A configured model, setting or build file would stop the server; the message names it."""
+
+
+def service_import_path(repo_root: Path = REPO_ROOT) -> str:
+    """bentofile.yaml's ``service:`` entry, e.g. ``services.service:MnistApi``: the one place."""
+    import yaml
+
+    bentofile = repo_root / "bentofile.yaml"
+    if not bentofile.is_file():
+        raise PreflightError(f"{bentofile}: missing; run from a checkout of mnist-serving")
+    service = (yaml.safe_load(bentofile.read_text()) or {}).get("service")
+    if not service:
+        raise PreflightError(f"{bentofile} has no `service:` entry")
+    return str(service)
 
 
 def serve_command(*, host: str = "127.0.0.1", port: int = 3000) -> list[str]:
-    """The command line: ``bentoml serve services.service:MnistApi --host H --port P``."""
-    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+    """The command line: ``bentoml serve <bentofile's service> --host H --port P``."""
+    return [sys.executable, "-m", "bentoml", "serve", service_import_path(), "--host", host,
+            "--port", str(port)]
 
 
 def serve_env(*, device: str | None = None, base: dict[str, str] | None = None,
@@ -40,10 +59,6 @@ def serve_env(*, device: str | None = None, base: dict[str, str] | None = None,
         if value is not None:
             env[f"MNIST_{key.upper()}"] = str(value)
     return env
-
-
-class PreflightError(RuntimeError):
-    """A configured model or setting would stop the server; the message names it."""
 
 
 def check_models() -> list[str]:
