@@ -147,7 +147,7 @@ def test_predict_image_agrees_with_predict_on_the_raw_digit(http, fixture_data, 
                              files={"image": ("digit", upload_variants(digit)[variant])})
         assert response.status_code == 200, response.text
         agree += response.json()["predictions"][0]["digit"] == expected["digit"]
-    # Models trained on 500 fixture digits; with the real models 98.8% of 250 agree (benchmark).
+    # Models trained on 500 fixture digits: most, not all, uploads agree with the 28x28 original.
     assert agree >= 9, f"{variant}: {agree}/12 agree with /predict on the 28x28 original"
 
 
