@@ -84,6 +84,9 @@ def protocol_errors(handler):
         try:
             return await handler(request)
         except InputError as error:
+            if handler.__name__ == "infer":  # a rejected inference counts like an answered one
+                framework = FRAMEWORK_OF.get(request.path_params.get("name", ""), "unknown")
+                service().record(framework, "oip", 0.0, status=error.status)
             return JSONResponse({"error": str(error)}, status_code=error.status)
         except Exception as error:  # a model service down or failing: still JSON, still named
             log.exception("%s %s failed", request.method, request.url.path)

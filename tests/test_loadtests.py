@@ -676,3 +676,20 @@ def test_a_rate_with_fast_errors_is_not_served_within_the_bound():
     assert not within_bound(replace(fast, errors=3), 25.0)  # quick 503s are not speed
     assert not within_bound(replace(fast, wrong_answers=1), 25.0)
     assert not within_bound(replace(fast, p99=float("nan")), 25.0)  # nothing answered
+
+
+def test_workers_really_share_the_load_and_every_request_is_recorded(tmp_path, stub_server):
+    """A real distributed run: a master and 2 worker processes on loopback, 2 s, closed loop."""
+    from loadtests.runner import RunSpec, locust_command
+
+    payloads = tmp_path / "payloads.npz"
+    np.savez(payloads, images=np.zeros((10, 28, 28), np.uint8), labels=np.full(10, 7))
+    spec = RunSpec(0, "closed", "baseline", "keras", users=4, rate=None)
+    config = LoadTestConfig(workers=2, duration=2, warmup=0.0, drain=0.0)
+    command = locust_command(spec, config, stub_server, tmp_path, payloads)
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90)
+    totals = read_locust_totals(tmp_path)
+    assert totals and totals["requests"] > 0, result.stderr[-2000:]
+    raw_files = sorted(tmp_path.glob("raw-*.csv"))
+    assert len(raw_files) == 2  # one per worker process: both sent requests
+    assert len(read_raw(tmp_path)) == totals["requests"] and totals["failures"] == 0

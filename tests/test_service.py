@@ -332,8 +332,10 @@ def test_bentoml_health_and_metrics(http, test_images):
     for framework in FRAMEWORKS:
         http.post("/predict", json={"framework": framework, "images": test_images[:1].tolist()})
     http.post("/predict", json={"framework": "keras", "images": []})  # a 400, counted as one
+    http.post("/v2/models/mnist-pytorch/infer", json={"inputs": []})  # so is an OIP one
     metrics = http.get("/metrics").text
     assert 'mnist_requests_total{endpoint="predict",framework="keras",status="400"}' in metrics
+    assert 'mnist_requests_total{endpoint="oip",framework="pytorch",status="400"}' in metrics
     for framework in FRAMEWORKS:
         assert (f'mnist_requests_total{{endpoint="predict",framework="{framework}",status="200"}}'
                 in metrics)
