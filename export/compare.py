@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,31 +21,24 @@ from export.pipeline import PARITY_FILE, MissingArtifactError
 from models.contract import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAME
 from models.data import MnistData, scale_images
 from models.tables import human_bytes, markdown_table
+from models.timing import time_calls
 from models.training import framework_module, read_metrics
 
 BATCH_SIZES = (1, 256)
 WARMUP_CALLS = 10
 
 
-def time_call(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
-
-
 def median_latencies(
     calls: dict[str, Callable[[], object]], *, rounds: int, calls_per_round: int
 ) -> dict[str, float]:
     """Median seconds per call of each callable, timed in alternating rounds after a warm-up."""
-    for call in calls.values():
-        for _ in range(WARMUP_CALLS):
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in calls}
     for round_index in range(rounds):
         order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
         for name in order:
-            samples[name] += [time_call(calls[name]) for _ in range(calls_per_round)]
-    return {name: float(np.median(values)) for name, values in samples.items()}
+            warmup = WARMUP_CALLS if round_index == 0 else 0  # each callable warms up once
+            samples[name].append(time_calls(calls[name], repeats=calls_per_round, warmup=warmup))
+    return {name: float(np.median(np.concatenate(values))) for name, values in samples.items()}
 
 
 def compare_framework(framework: str, artifacts: Path, data: MnistData, *, rounds: int) -> dict:

@@ -20,9 +20,3 @@ def register(framework: str, onnx_path: Path, metadata: dict) -> str:
         shutil.copyfile(onnx_path, model.path_of(ONNX_FILENAME))
     return str(model.tag)
 
-
-def registered_onnx_path(tag: str) -> Path:
-    """The .onnx file of a stored model, e.g. ``mnist-keras:latest``."""
-    import bentoml
-
-    return Path(bentoml.models.get(tag).path_of(ONNX_FILENAME))

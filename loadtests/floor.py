@@ -7,13 +7,14 @@ Whatever a server adds on top of these times is the cost of serving.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+from export.onnx_files import run_session
 from loadtests.protocol import payload_images
 from models.contract import INPUT_NAME, OUTPUT_NAME
+from models.timing import time_calls
 
 
 def session(path: Path, *, threads: int = 1):
@@ -26,26 +27,13 @@ def session(path: Path, *, threads: int = 1):
 
 def predict_digits(path: Path, images: np.ndarray, *, threads: int = 1) -> np.ndarray:
     """Digits for uint8 images (N, 28, 28), from the same float32 pixels the load test sends."""
-    model = session(path, threads=threads)
-    pixels = payload_images(images)  # (N, 28, 28) float32 in [0, 1]
-    logits = np.concatenate([
-        model.run([OUTPUT_NAME], {INPUT_NAME: pixels[first : first + 1024]})[0]
-        for first in range(0, len(pixels), 1024)
-    ])
-    return logits.argmax(axis=1)
+    return run_session(session(path, threads=threads), payload_images(images)).argmax(axis=1)
 
 
 def time_runs(model, batch: np.ndarray, *, repeats: int, warmup: int = 50) -> np.ndarray:
     """Milliseconds of ``repeats`` single calls on the same batch, after ``warmup`` calls."""
     feed = {INPUT_NAME: batch}
-    for _ in range(warmup):
-        model.run([OUTPUT_NAME], feed)
-    times = np.empty(repeats)
-    for i in range(repeats):
-        started = time.perf_counter()
-        model.run([OUTPUT_NAME], feed)
-        times[i] = (time.perf_counter() - started) * 1000.0
-    return times
+    return time_calls(lambda: model.run([OUTPUT_NAME], feed), repeats=repeats, warmup=warmup) * 1e3
 
 
 def measure_floor(paths: dict[str, Path], images: np.ndarray, *, batch_size: int = 64,

@@ -17,40 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
 from models.contract import FRAMEWORKS, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAME
 from models.tables import markdown_table
+from models.timing import time_calls
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 BATCH_SIZES = (1, 1024)
-WARMUP_CALLS = 10
+WARMUP_CALLS = 10  # untimed calls before each timing
 
 
-def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
     values = np.asarray(seconds) * 1e3
     return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
 
 
-def time_calls(call, *, repeats: int, synchronize=lambda: None) -> list[float]:
-    """Seconds per call after a warm-up; ``synchronize`` waits for queued GPU work to finish."""
-    for _ in range(WARMUP_CALLS):
-        call()
-    synchronize()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        synchronize()
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def figures(seconds: list[float], batch_size: int) -> dict:
+def figures(seconds: np.ndarray, batch_size: int) -> dict:
     return {
         "batch_size": batch_size,
         **percentiles_ms(seconds),
@@ -80,7 +66,8 @@ def onnx_rows(artifacts: Path, *, device: str, repeats: int, images: dict[int, n
         for batch_size, batch in images.items():
             feed = {INPUT_NAME: batch}
             seconds = time_calls(
-                lambda session=session, feed=feed: session.run([OUTPUT_NAME], feed), repeats=repeats
+                lambda session=session, feed=feed: session.run([OUTPUT_NAME], feed), repeats=repeats,
+                warmup=WARMUP_CALLS,
             )
             rows.append({"framework": framework, "runtime": "onnxruntime", "provider": provider,
                          **figures(seconds, batch_size)})
@@ -103,7 +90,7 @@ def torch_rows(artifacts: Path, *, repeats: int, images: dict[int, np.ndarray]) 
         for batch_size, batch in images.items():
             on_gpu = torch.from_numpy(batch).cuda()
             seconds = time_calls(lambda on_gpu=on_gpu: model(on_gpu), repeats=repeats,
-                                 synchronize=torch.cuda.synchronize)
+                                 warmup=WARMUP_CALLS, synchronize=torch.cuda.synchronize)
             rows.append({"framework": "pytorch", "runtime": f"torch {torch.__version__} eager",
                          "provider": torch.cuda.get_device_name(), **figures(seconds, batch_size)})
     return rows

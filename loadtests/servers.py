@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.protocol import PREDICT_PATH, parse_predictions, predict_body
-from models.contract import FRAMEWORKS, ONNX_FILENAME
+from models.contract import FRAMEWORKS, ONNX_FILENAME, model_name
 from models.errors import PipelineError
 from services.runner import free_port, serve_command
 
@@ -156,7 +156,7 @@ def resolve_onnx_paths(frameworks: list[str], tags: dict[str, str],
 
         for framework in frameworks:
             try:
-                model = bentoml.models.get(tags.get(framework, f"mnist-{framework}:latest"))
+                model = bentoml.models.get(tags.get(framework, f"{model_name(framework)}:latest"))
                 paths[framework] = Path(model.path_of(ONNX_FILENAME))
             except bentoml.exceptions.NotFound:
                 pass

@@ -62,6 +62,20 @@ def frameworks_or_fail(text: str) -> list[str]:
         raise fail(str(error)) from error
 
 
+def echo_training(data, rows: list[dict]) -> None:
+    from models.training import training_table
+
+    typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
+    typer.echo(training_table(rows))
+
+
+def echo_export(data, rows: list[dict]) -> None:
+    from export.pipeline import export_table
+
+    typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
+    typer.echo(export_table(rows))
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False):
     logging.basicConfig(
@@ -86,7 +100,7 @@ def train(
 ) -> None:
     """Train the shared CNN in each framework; write the native model and metrics.json."""
     from models.data import load_mnist
-    from models.training import train_framework, training_table
+    from models.training import train_framework
 
     selected = frameworks_or_fail(frameworks)
     config = TrainConfig(
@@ -96,8 +110,7 @@ def train(
     with user_errors():
         data = load_mnist(data_dir)
         rows = [train_framework(framework, config, data, out) for framework in selected]
-    typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
-    typer.echo(training_table(rows))
+    echo_training(data, rows)
 
 
 @app.command("export")
@@ -108,15 +121,14 @@ def export_command(
     register: Annotated[bool, typer.Option(help="Register in the BentoML model store.")] = True,
 ) -> None:
     """Export trained models to ONNX, prove parity on the test set, register them in BentoML."""
-    from export.pipeline import export_framework, export_table
+    from export.pipeline import export_framework
     from models.data import load_mnist
 
     selected = frameworks_or_fail(frameworks)
     with user_errors():
         data = load_mnist(data_dir)
         rows = [export_framework(fw, artifacts, data, register=register) for fw in selected]
-    typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
-    typer.echo(export_table(rows))
+    echo_export(data, rows)
 
 
 @app.command()
@@ -130,9 +142,9 @@ def build(
     ] = False,
 ) -> None:
     """Train and export where needed (parity checked, registered): the one step before serving."""
-    from export.pipeline import current_export, export_framework, export_table
+    from export.pipeline import current_export, export_framework
     from models.data import load_mnist
-    from models.training import read_metrics, train_framework, training_table
+    from models.training import read_metrics, train_framework
 
     selected = frameworks_or_fail(frameworks)
     with user_errors():
@@ -147,10 +159,8 @@ def build(
             or export_framework(framework, artifacts, data)
             for framework in selected
         ]
-    typer.echo(f"\nTrained on {data.describe_training_set()}; tested on {len(data.test_labels)} images.")
-    typer.echo(training_table(trained))
-    typer.echo(f"\nParity on {len(data.test_labels)} test images (ONNX Runtime, CPU provider).")
-    typer.echo(export_table(exported))
+    echo_training(data, trained)
+    echo_export(data, exported)
 
 
 @app.command()

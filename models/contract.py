@@ -31,14 +31,14 @@ def model_name(framework: str) -> str:
     return f"mnist-{framework}"
 
 
-MODEL_NAMES: dict[str, str] = {framework: f"mnist-{framework}" for framework in FRAMEWORKS}
-
-
 def check_framework(framework: str) -> str:
     """Return ``framework`` if it is a known key, else raise ``ValueError`` listing the keys."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}: expected one of {', '.join(FRAMEWORKS)}")
     return framework
+
+
+MODEL_FRAMEWORKS: dict[str, str] = {model_name(framework): framework for framework in FRAMEWORKS}
 
 
 def parse_frameworks(text: str) -> list[str]:

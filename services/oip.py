@@ -20,14 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from models.contract import FRAMEWORKS, IMAGE_SHAPE, INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, model_name
+from models.contract import IMAGE_SHAPE, INPUT_NAME, MODEL_FRAMEWORKS, NUM_CLASSES, OUTPUT_NAME
 from services.preprocess import InputError, check_pixels
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "inference-header-content-length"
 SERVER = {"name": "mnist-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-FRAMEWORK_OF = {model_name(framework): framework for framework in FRAMEWORKS}
 
 
 class ProtocolError(InputError):
@@ -41,10 +40,10 @@ def service():
 
 
 def framework_of(name: str) -> str:
-    if name not in FRAMEWORK_OF:
-        raise ProtocolError(f"unknown model {name!r}: expected one of {', '.join(FRAMEWORK_OF)}",
+    if name not in MODEL_FRAMEWORKS:
+        raise ProtocolError(f"unknown model {name!r}: expected one of {', '.join(MODEL_FRAMEWORKS)}",
                             status=404)
-    return FRAMEWORK_OF[name]
+    return MODEL_FRAMEWORKS[name]
 
 
 async def checked_model(request: Request) -> tuple[str, dict]:
@@ -85,7 +84,7 @@ def protocol_errors(handler):
             return await handler(request)
         except InputError as error:
             if handler.__name__ == "infer":  # a rejected inference counts like an answered one
-                framework = FRAMEWORK_OF.get(request.path_params.get("name", ""), "unknown")
+                framework = MODEL_FRAMEWORKS.get(request.path_params.get("name", ""), "unknown")
                 service().record(framework, "oip", 0.0, status=error.status)
             return JSONResponse({"error": str(error)}, status_code=error.status)
         except Exception as error:  # a model service down or failing: still JSON, still named

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from models.contract import FRAMEWORKS, model_name
+from models.contract import FRAMEWORKS, MODEL_FRAMEWORKS, model_name
 from services.limits import RequestLimits
 from services.metrics import (
     TIME_BUCKETS,
@@ -55,7 +55,7 @@ class StoreModel(bentoml.models.BentoModel):
         # (a worker that fails is restarted forever). BentoModel would also ask BentoCloud.
         from services.inference import stored_model, verified_onnx_path
 
-        framework = self.tag.name.removeprefix("mnist-")
+        framework = MODEL_FRAMEWORKS[self.tag.name]
         verified_onnx_path(framework, self.stored or stored_model(framework, str(self.tag)))
         return super().resolve(base_path)
 
